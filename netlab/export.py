@@ -1,0 +1,80 @@
+"""Export: a Plan as a standalone bash script that needs no Python.
+
+The script (templates/script.sh.j2) holds each step as three small shell
+functions (do, undo, probe) rendered from the Step's argv lists; every word is
+quoted here, once, with shell_join. The script keeps its own journal so that
+`down` undoes only what its `up` did.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import List, Optional
+
+from netlab.plan import SAVED, Plan, Step, in_netns, shell_join
+
+
+def _undo_text(step: Step) -> Optional[str]:
+    """The undo as shell words; the saved previous value comes in as "$1"."""
+    if step.undo is None:
+        return None
+    words = []
+    for word in in_netns(step.netns, step.undo):
+        if SAVED in word:
+            before, _, after = word.partition(SAVED)
+            words.append((shlex.quote(before) if before else "") + '"$1"' + (shlex.quote(after) if after else ""))
+        else:
+            words.append(shell_join([word]))
+    return " ".join(words)
+
+
+def _probe_text(step: Step) -> Optional[str]:
+    """The probe as a bash condition that is true when the step is in effect."""
+    probe = step.probe
+    if probe is None:
+        return None
+    command = shell_join(in_netns(probe.netns, probe.argv))
+    if probe.match == "status":
+        return f"{command} >/dev/null 2>&1"
+    if probe.match == "output":
+        return f'[[ -n "$({command} 2>/dev/null)" ]]'
+    return f'[[ "$({command} 2>/dev/null)" == {shlex.quote(probe.value)} ]]'
+
+
+def tools_used(plan: Plan) -> List[str]:
+    """The programs the script calls, so it can check for them before it starts."""
+    used = set()
+    for step in plan.steps:
+        for argv in (step.argv, step.undo, step.save, step.probe and step.probe.argv):
+            if argv:
+                used.add(argv[0])
+    if any(step.netns for step in plan.steps):
+        used.add("ip")
+    return sorted(used)
+
+
+def export_script(plan: Plan) -> str:
+    from netlab import __version__
+    from netlab.templating import environment
+
+    steps = [
+        {
+            "index": step.index,
+            "why": step.why,
+            "command": step.command,
+            "undo_command": step.undo_command,
+            "do": step.command,
+            "undo": _undo_text(step),
+            "probe": _probe_text(step),
+            "save": shell_join(in_netns(step.netns, step.save)) if step.save else None,
+        }
+        for step in plan.steps
+    ]
+    return environment().get_template("script.sh.j2").render(
+        plan=plan,
+        steps=steps,
+        version=__version__,
+        tools=tools_used(plan),
+        params=", ".join(f"{key}={value}" for key, value in plan.params) or "none",
+        q=shlex.quote,
+    )

@@ -1,0 +1,178 @@
+"""The plan: a lab as an ordered list of Steps, rendered from the templates.
+
+A Step is data: the namespace it runs in (None for the root namespace), its
+argv, the argv that undoes it, a probe that tells whether it is in effect, and
+the sentence that explains it. Rendering runs nothing; quoting happens only
+when a step becomes text (`Step.command`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from netlab.sandbox import Sandbox
+from netlab.topology import Address, Item, Link, Netns, Route, Topology, Veth
+
+SAVED = "{saved}"  # in an undo argv: the value the step's `save` command printed before it ran
+
+
+def shell_join(argv) -> str:
+    """argv as shell text. Like shlex.join, but a lone `!` stays bare, as the documents
+    write it (`! -o br0`): a `!` followed by a blank is never history-expanded."""
+    return " ".join("!" if word == "!" else shlex.quote(word) for word in argv)
+
+
+def in_netns(netns: Optional[str], argv) -> Tuple[str, ...]:
+    """The argv as run from the root namespace: `ip netns exec NS ...` when NS is set."""
+    return ("ip", "netns", "exec", netns, *argv) if netns else tuple(argv)
+
+
+@dataclass(frozen=True)
+class Probe:
+    netns: Optional[str]
+    argv: Tuple[str, ...]
+    match: str  # "status", "output" or "equals"
+    value: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int  # 1-based, as `netlab plan` numbers them
+    netns: Optional[str]
+    argv: Tuple[str, ...]
+    why: str
+    undo: Optional[Tuple[str, ...]] = None
+    probe: Optional[Probe] = None
+    save: Optional[Tuple[str, ...]] = None  # run before the step; its output fills SAVED in undo
+
+    @property
+    def command(self) -> str:
+        return shell_join(in_netns(self.netns, self.argv))
+
+    @property
+    def undo_command(self) -> Optional[str]:
+        if self.undo is None:
+            return None
+        return shell_join(in_netns(self.netns, self.undo)).replace(SAVED, "<previous value>")
+
+    @property
+    def changes(self) -> bool:
+        """False for read-only steps (the documents' `ip netns list`)."""
+        return self.probe is not None
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "netns": self.netns,
+            "argv": list(self.argv),
+            "command": self.command,
+            "undo": None if self.undo is None else list(self.undo),
+            "undo_command": self.undo_command,
+            "probe": None if self.probe is None else {
+                "netns": self.probe.netns,
+                "argv": list(self.probe.argv),
+                "match": self.probe.match,
+                "value": self.probe.value,
+            },
+            "save": None if self.save is None else list(self.save),
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    lab: str
+    title: str
+    name: str  # what the lab is called on a host: its own name, or the sandbox prefix
+    sandbox: Optional[Sandbox]
+    params: Tuple[Tuple[str, str], ...]
+    steps: Tuple[Step, ...]
+
+    @property
+    def digest(self) -> str:
+        """A hash of what the plan does: same digest, same commands."""
+        data = json.dumps([step.to_dict() for step in self.steps], sort_keys=True)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {
+            "lab": self.lab,
+            "title": self.title,
+            "name": self.name,
+            "sandbox": self.sandbox.prefix if self.sandbox else None,
+            "params": dict(self.params),
+            "digest": self.digest,
+            "steps": [step.to_dict() for step in self.steps],
+        }
+
+
+def sandbox_items(sandbox: Sandbox) -> Tuple[Item, ...]:
+    """The steps that build a sandbox, as topology items in namespaces `host` and `wan`."""
+    host, wan = "host", "wan"
+
+    def why(text: str) -> str:
+        return f"Sandbox: {text}"
+
+    return (
+        Netns(None, why("create the namespace that plays the host."), host),
+        Netns(None, why("create the namespace that plays the internet."), wan),
+        Link(host, why("bring up the host's loopback."), "lo", True, None, None),
+        Link(wan, why("bring up the internet's loopback."), "lo", True, None, None),
+        Veth(host, why(f"the host's uplink {sandbox.uplink}, cabled to the internet side."),
+             sandbox.uplink, sandbox.wan_link, wan),
+        Address(host, why("the host's public address."), ipaddress.IPv4Interface(sandbox.host_address), sandbox.uplink),
+        Link(host, why("bring the uplink up."), sandbox.uplink, True, None, None),
+        Address(wan, why("the internet side of the uplink."), ipaddress.IPv4Interface(sandbox.wan_address), sandbox.wan_link),
+        Link(wan, why("bring the internet side up."), sandbox.wan_link, True, None, None),
+        Address(wan, why("an internet host, standing in for 8.8.8.8."), ipaddress.IPv4Interface(sandbox.internet_address), "lo"),
+        Route(host, why("the host reaches the internet through the uplink."), "default",
+              ipaddress.IPv4Address(sandbox.gateway), None),
+    )
+
+
+def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None) -> Plan:
+    """Render the topology (inside `sandbox`, if given) into an ordered Plan."""
+    from netlab.errors import InputError
+    from netlab.templating import environment
+
+    items = topology.steps
+    if sandbox is not None:
+        clash = {"host", "wan"} & set(topology.namespaces)
+        if clash:
+            raise InputError(f"a lab namespace named {sorted(clash)[0]!r} clashes with the sandbox's own",
+                             topology.source, "--sandbox")
+        items = sandbox_items(sandbox) + items
+        host = sandbox.host
+        nsname = sandbox.netns
+    else:
+        host = None
+        nsname = str
+
+    env = environment()
+    steps = []
+    for item in items:
+        side = nsname(item.netns) if item.netns else host
+        text = env.get_template(f"{item.kind}.j2").render(item=item, ns=side, nsname=nsname)
+        for line in text.splitlines():
+            if line.strip():
+                steps.append(_step(len(steps) + 1, json.loads(line)))
+    name = sandbox.prefix if sandbox else topology.name
+    return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps))
+
+
+def _step(index: int, data: dict) -> Step:
+    probe = data["probe"]
+    return Step(
+        index=index,
+        netns=data["netns"],
+        argv=tuple(data["argv"]),
+        why=data["why"],
+        undo=None if data["undo"] is None else tuple(data["undo"]),
+        probe=None if probe is None else Probe(probe["netns"], tuple(probe["argv"]), probe["match"], probe["value"]),
+        save=None if data["save"] is None else tuple(data["save"]),
+    )

@@ -1,0 +1,561 @@
+"""The topology model: a lab as frozen, validated dataclasses.
+
+A topology is a list of steps in the order they are applied (each step one
+object: a namespace, a link, an address, a rule...) plus the checks that prove
+the lab works. `parse_topology` turns the plain data of a topology file into a
+`Topology` or raises one `InputError` naming the field and the bad value; it
+runs nothing. References are checked by walking the steps in order, so a link
+must exist in a namespace before it is addressed there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Union
+
+from netlab.errors import InputError
+
+HOST = "host"
+INTERNET = "internet"
+
+_IFACE_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
+_PARAM_RE = re.compile(r"[a-z_][a-z0-9_]*")
+_SYSCTL_KEY_RE = re.compile(r"net(\.[A-Za-z0-9_-]+)+")
+_SYSCTL_VALUE_RE = re.compile(r"[A-Za-z0-9_.: -]{1,64}")
+_CHARS = "of letters, digits, '_', '.' and '-', not starting with '-'"
+
+
+# ---------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class Item:
+    """One step of a topology. `netns` is None for the host side."""
+
+    kind: ClassVar[str] = ""
+    netns: Optional[str]
+    why: Optional[str]
+
+
+@dataclass(frozen=True)
+class Netns(Item):
+    kind: ClassVar[str] = "netns"
+    name: str
+
+
+@dataclass(frozen=True)
+class Bridge(Item):
+    kind: ClassVar[str] = "bridge"
+    name: str
+
+
+@dataclass(frozen=True)
+class Veth(Item):
+    kind: ClassVar[str] = "veth"
+    name: str
+    peer: str
+    peer_netns: Optional[str]
+
+
+@dataclass(frozen=True)
+class Link(Item):
+    """A change to an existing link: exactly one of up, master, move_to."""
+
+    kind: ClassVar[str] = "link"
+    name: str
+    up: Optional[bool]
+    master: Optional[str]
+    move_to: Optional[str]
+
+
+@dataclass(frozen=True)
+class Address(Item):
+    kind: ClassVar[str] = "address"
+    address: ipaddress.IPv4Interface
+    dev: str
+
+
+@dataclass(frozen=True)
+class Route(Item):
+    kind: ClassVar[str] = "route"
+    destination: Union[str, ipaddress.IPv4Network]  # "default" or a network
+    via: Optional[ipaddress.IPv4Address]
+    dev: Optional[str]
+
+
+@dataclass(frozen=True)
+class Sysctl(Item):
+    kind: ClassVar[str] = "sysctl"
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Masquerade(Item):
+    kind: ClassVar[str] = "masquerade"
+    source: ipaddress.IPv4Network
+    out: Optional[str]
+    not_out: Optional[str]
+
+
+@dataclass(frozen=True)
+class Forward(Item):
+    kind: ClassVar[str] = "forward"
+    iface: str
+    direction: str  # "in" or "out"
+
+
+@dataclass(frozen=True)
+class Dnat(Item):
+    kind: ClassVar[str] = "dnat"
+    destination: ipaddress.IPv4Address
+    port: int
+    proto: str
+    to_address: ipaddress.IPv4Address
+    to_port: int
+    chain: str  # PREROUTING (traffic from elsewhere) or OUTPUT (from the host itself)
+
+
+@dataclass(frozen=True)
+class Show(Item):
+    """A read-only inspection command of the documents (`ip netns list`)."""
+
+    kind: ClassVar[str] = "show"
+    what: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """A connectivity test: from a namespace, the host or the internet side."""
+
+    kind: str  # ping, tcp or http
+    source: str
+    address: ipaddress.IPv4Address
+    port: Optional[int]
+    path: Optional[str]
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    title: str
+    document: str
+    params: Tuple[Tuple[str, str], ...]
+    steps: Tuple[Item, ...]
+    checks: Tuple[Check, ...]
+    source: str = field(default="", compare=False)
+
+    @property
+    def namespaces(self) -> Tuple[str, ...]:
+        return tuple(step.name for step in self.steps if isinstance(step, Netns))
+
+
+# ---------------------------------------------------------- value parsers
+class _Bad(ValueError):
+    """A value that does not parse; the message says why."""
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _Bad(f"{value!r} is not a string")
+    return str(value)
+
+
+def _named(pattern: re.Pattern, what: str, limit: int) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value)
+        if not pattern.fullmatch(text) or text in (".", ".."):
+            raise _Bad(f"{text!r} is not a valid {what} (1-{limit} {_CHARS})")
+        return text
+
+    return parse
+
+
+iface_name = _named(_IFACE_RE, "interface name", 15)
+netns_name = _named(_NAME_RE, "namespace name", 64)
+lab_name = _named(_NAME_RE, "lab name", 64)
+
+
+def ipv4_address(value: Any) -> ipaddress.IPv4Address:
+    text = _text(value)
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise _Bad(f"{text!r} is not an IPv4 address") from None
+
+
+def ipv4_interface(value: Any) -> ipaddress.IPv4Interface:
+    text = _text(value)
+    if "/" not in text:
+        raise _Bad(f"{text!r} needs a prefix length, as in 192.168.0.1/24")
+    try:
+        return ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise _Bad(f"{text!r} is not an IPv4 address with a prefix length") from None
+
+
+def ipv4_network(value: Any) -> ipaddress.IPv4Network:
+    text = _text(value)
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as error:
+        reason = "has host bits set" if "host bits" in str(error) else "is not an IPv4 network"
+        raise _Bad(f"{text!r} {reason}") from None
+
+
+def route_destination(value: Any) -> Union[str, ipaddress.IPv4Network]:
+    return "default" if _text(value) == "default" else ipv4_network(value)
+
+
+def port(value: Any) -> int:
+    text = _text(value)
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise _Bad(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"{value!r} is not true or false")
+    return value
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value)
+        if text not in choices:
+            raise _Bad(f"{text!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def sysctl_key(value: Any) -> str:
+    text = _text(value)
+    if not _SYSCTL_KEY_RE.fullmatch(text):
+        raise _Bad(f"{text!r} is not a network sysctl key (net.*)")
+    return text
+
+
+def sysctl_value(value: Any) -> str:
+    text = _text(value)
+    if not _SYSCTL_VALUE_RE.fullmatch(text):
+        raise _Bad(f"{text!r} is not a sysctl value (letters, digits, spaces, '_.:-')")
+    return text
+
+
+def explanation(value: Any) -> str:
+    text = _text(value).strip()
+    if not text or "\n" in text:
+        raise _Bad("must be one non-empty line")
+    return text
+
+
+def address_and_port(value: Any) -> Tuple[ipaddress.IPv4Address, Optional[int]]:
+    text = _text(value)
+    host, sep, port_text = text.partition(":")
+    return ipv4_address(host), (port(port_text) if sep else None)
+
+
+# ------------------------------------------------------------ the schema
+REQUIRED = object()
+
+# kind -> (class, {key in the file: (attribute, parser, default)}); the kind's
+# own key comes first. Every kind but `netns` also takes `netns` and `why`.
+_SCHEMA: Dict[str, Tuple[type, Dict[str, Tuple[str, Callable, Any]]]] = {
+    "netns": (Netns, {"netns": ("name", netns_name, REQUIRED)}),
+    "bridge": (Bridge, {"bridge": ("name", iface_name, REQUIRED)}),
+    "veth": (
+        Veth,
+        {
+            "veth": ("name", iface_name, REQUIRED),
+            "peer": ("peer", iface_name, REQUIRED),
+            "peer_netns": ("peer_netns", netns_name, None),
+        },
+    ),
+    "link": (
+        Link,
+        {
+            "link": ("name", iface_name, REQUIRED),
+            "up": ("up", flag, None),
+            "master": ("master", iface_name, None),
+            "move_to": ("move_to", netns_name, None),
+        },
+    ),
+    "address": (
+        Address,
+        {"address": ("address", ipv4_interface, REQUIRED), "dev": ("dev", iface_name, REQUIRED)},
+    ),
+    "route": (
+        Route,
+        {
+            "route": ("destination", route_destination, REQUIRED),
+            "via": ("via", ipv4_address, None),
+            "dev": ("dev", iface_name, None),
+        },
+    ),
+    "sysctl": (
+        Sysctl,
+        {"sysctl": ("key", sysctl_key, REQUIRED), "value": ("value", sysctl_value, REQUIRED)},
+    ),
+    "masquerade": (
+        Masquerade,
+        {
+            "masquerade": ("source", ipv4_network, REQUIRED),
+            "out": ("out", iface_name, None),
+            "not_out": ("not_out", iface_name, None),
+        },
+    ),
+    "forward": (
+        Forward,
+        {
+            "forward": ("iface", iface_name, REQUIRED),
+            "direction": ("direction", one_of("in", "out"), REQUIRED),
+        },
+    ),
+    "dnat": (
+        Dnat,
+        {
+            "dnat": ("destination", ipv4_address, REQUIRED),
+            "port": ("port", port, REQUIRED),
+            "proto": ("proto", one_of("tcp", "udp"), "tcp"),
+            "to": ("to", address_and_port, REQUIRED),
+            "chain": ("chain", one_of("PREROUTING", "OUTPUT"), "PREROUTING"),
+        },
+    ),
+    "show": (Show, {"show": ("what", one_of("netns", "links", "nat"), REQUIRED)}),
+}
+_COMMON = {"netns": ("netns", netns_name, None), "why": ("why", explanation, None)}
+_CHECK_KINDS = ("ping", "tcp", "http")
+_TOP_KEYS = ("name", "title", "document", "params", "steps", "checks")
+
+
+# ---------------------------------------------------------------- parsing
+def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] = None) -> Topology:
+    """Validate the plain data of a topology file; `overrides` are --set values."""
+
+    def fail(where: str, message: str) -> InputError:
+        return InputError(message, source, where)
+
+    if not isinstance(data, dict):
+        raise fail("", "a topology file holds a mapping (name, title, params, steps, checks)")
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise fail(str(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+    for key in ("name", "steps"):
+        if key not in data:
+            raise fail(key, "is required")
+    name = _field(fail, "name", lab_name, data["name"])
+    title = _field(fail, "title", explanation, data.get("title", name))
+    document = _field(fail, "document", explanation, data.get("document", "(none)"))
+    params = _params(fail, data.get("params") or {}, overrides or {})
+
+    raw_steps = data["steps"]
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise fail("steps", "must be a non-empty list")
+    steps = tuple(
+        _item(fail, f"steps[{i}]", _substitute(fail, f"steps[{i}]", raw, params))
+        for i, raw in enumerate(raw_steps)
+    )
+    raw_checks = data.get("checks") or []
+    if not isinstance(raw_checks, list):
+        raise fail("checks", "must be a list")
+    checks = tuple(
+        _check(fail, f"checks[{i}]", _substitute(fail, f"checks[{i}]", raw, params))
+        for i, raw in enumerate(raw_checks)
+    )
+    topology = Topology(name, title, document, tuple(params.items()), steps, checks, source)
+    _check_references(fail, topology)
+    return topology
+
+
+def _field(fail, where: str, parser: Callable, value: Any):
+    try:
+        return parser(value)
+    except _Bad as bad:
+        raise fail(where, str(bad)) from None
+
+
+def _params(fail, declared: Any, overrides: Dict[str, str]) -> Dict[str, str]:
+    if not isinstance(declared, dict):
+        raise fail("params", "must be a mapping of name: default value")
+    params = {}
+    for key, value in declared.items():
+        if not isinstance(key, str) or not _PARAM_RE.fullmatch(key):
+            raise fail(f"params.{key}", "is not a parameter name (a-z, 0-9, _)")
+        params[key] = _field(fail, f"params.{key}", _text, value)
+    for key, value in overrides.items():
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise fail(f"--set {key}", f"the lab has no such parameter (its parameters: {known})")
+        params[key] = value
+    return params
+
+
+_REFERENCE_RE = re.compile(r"\$\{([^}]*)\}")
+
+
+def _substitute(fail, where: str, raw: Any, params: Dict[str, str]) -> Any:
+    """Replace ${name} in every string of a step or check with the parameter's value."""
+    if isinstance(raw, dict):
+        return {k: _substitute(fail, f"{where}.{k}", v, params) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_substitute(fail, f"{where}[{i}]", v, params) for i, v in enumerate(raw)]
+    if not isinstance(raw, str):
+        return raw
+
+    def value_of(match: re.Match) -> str:
+        if match.group(1) not in params:
+            known = ", ".join(params) or "none"
+            raise fail(where, f"unknown parameter ${{{match.group(1)}}} (the lab's parameters: {known})")
+        return params[match.group(1)]
+
+    return _REFERENCE_RE.sub(value_of, raw)
+
+
+def _kind_of(fail, where: str, raw: Any, kinds) -> str:
+    if not isinstance(raw, dict):
+        raise fail(where, f"must be a mapping with one of the keys: {', '.join(kinds)}")
+    found = [key for key in raw if key in kinds]
+    if len(found) > 1 and "netns" in found:
+        found.remove("netns")  # `netns` is a kind and also says where any other step runs
+    if len(found) != 1:
+        what = "no" if not found else "more than one"
+        raise fail(where, f"has {what} kind key (one of: {', '.join(kinds)})")
+    return found[0]
+
+
+def _item(fail, where: str, raw: Any) -> Item:
+    kind = _kind_of(fail, where, raw, _SCHEMA)
+    cls, spec = _SCHEMA[kind]
+    spec = {**spec, **{k: v for k, v in _COMMON.items() if k not in spec}}
+    for key in raw:
+        if key not in spec:
+            raise fail(f"{where}.{key}", f"unknown key for a {kind} step (known: {', '.join(spec)})")
+    values = {}
+    for key, (attribute, parser, default) in spec.items():
+        if key in raw:
+            values[attribute] = _field(fail, f"{where}.{key}", parser, raw[key])
+        elif default is REQUIRED:
+            raise fail(f"{where}.{key}", f"is required for a {kind} step")
+        else:
+            values[attribute] = default
+    if kind == "netns":
+        values["netns"] = None
+    if kind == "dnat":
+        values["to_address"], to_port = values.pop("to")
+        values["to_port"] = to_port or values["port"]
+    if kind == "link":
+        changes = [key for key in ("up", "master", "move_to") if values[key] is not None]
+        if len(changes) != 1:
+            raise fail(where, "a link step takes exactly one of: up, master, move_to")
+    if kind == "route" and values["via"] is None and values["dev"] is None:
+        raise fail(where, "a route needs via, dev or both")
+    if kind == "masquerade" and values["out"] and values["not_out"]:
+        raise fail(where, "a masquerade step takes out or not_out, not both")
+    return cls(**values)
+
+
+def _check(fail, where: str, raw: Any) -> Check:
+    kind = _kind_of(fail, where, raw, _CHECK_KINDS)
+    for key in raw:
+        if key not in (kind, "from", "path"):
+            raise fail(f"{where}.{key}", f"unknown key for a {kind} check (known: {kind}, from, path)")
+    if "from" not in raw:
+        raise fail(f"{where}.from", "is required (host, internet or a namespace)")
+    source = _field(fail, f"{where}.from", netns_name, raw["from"])
+    address, port_number = _field(fail, f"{where}.{kind}", address_and_port, raw[kind])
+    if kind != "ping" and port_number is None:
+        raise fail(f"{where}.{kind}", f"a {kind} check needs ADDRESS:PORT")
+    if kind == "ping" and port_number is not None:
+        raise fail(f"{where}.ping", "a ping check takes an address without a port")
+    path = raw.get("path")
+    if path is not None and (kind != "http" or not isinstance(path, str) or not path.startswith("/")):
+        raise fail(f"{where}.path", "only an http check takes a path, starting with '/'")
+    return Check(kind, source, address, port_number, path or ("/" if kind == "http" else None))
+
+
+# ------------------------------------------------------- reference checks
+class _World:
+    """What exists after each step: namespaces, links and addresses per side."""
+
+    def __init__(self):
+        self.namespaces = set()
+        self.links: Dict[Optional[str], Dict[str, str]] = {None: {"lo": "loopback"}}
+        self.addresses: Dict[Optional[str], list] = {None: []}
+        self.seen = set()
+
+    def side(self, fail, where: str, netns: Optional[str]) -> Dict[str, str]:
+        if netns is not None and netns not in self.namespaces:
+            raise fail(f"{where}.netns", f"{netns!r} is not a namespace created by an earlier step")
+        return self.links[netns]
+
+    def link(self, fail, where: str, netns: Optional[str], name: str, key: str) -> str:
+        links = self.side(fail, where, netns)
+        if name not in links:
+            side = f"namespace {netns!r}" if netns else "the host"
+            raise fail(f"{where}.{key}", f"{name!r} is not a link in {side} at this step")
+        return links[name]
+
+    def once(self, fail, where: str, what: tuple) -> None:
+        if what in self.seen:
+            raise fail(where, "duplicates an earlier step")
+        self.seen.add(what)
+
+
+def _check_references(fail, topology: Topology) -> None:
+    world = _World()
+    for i, item in enumerate(topology.steps):
+        where = f"steps[{i}]"
+        links = world.side(fail, where, item.netns)
+        if isinstance(item, Netns):
+            if item.name in world.namespaces:
+                raise fail(f"{where}.netns", f"{item.name!r} is created twice")
+            world.namespaces.add(item.name)
+            world.links[item.name] = {"lo": "loopback"}
+            world.addresses[item.name] = []
+        elif isinstance(item, (Bridge, Veth)):
+            key = item.kind
+            if item.name in links:
+                raise fail(f"{where}.{key}", f"{item.name!r} already exists on that side")
+            links[item.name] = item.kind
+            if isinstance(item, Veth):
+                peer_links = world.side(fail, f"{where}.peer", item.peer_netns)
+                if item.peer in peer_links or (item.peer == item.name and item.peer_netns == item.netns):
+                    raise fail(f"{where}.peer", f"{item.peer!r} already exists on that side")
+                peer_links[item.peer] = "veth"
+        elif isinstance(item, Link):
+            kind = world.link(fail, where, item.netns, item.name, "link")
+            if item.move_to is not None:
+                target = world.side(fail, f"{where}.move_to", item.move_to)
+                if item.move_to == item.netns or kind in ("loopback", "bridge"):
+                    raise fail(f"{where}.move_to", f"cannot move {kind} {item.name!r} to {item.move_to!r}")
+                if item.name in target:
+                    raise fail(f"{where}.move_to", f"{item.move_to!r} already has a link {item.name!r}")
+                target[item.name] = links.pop(item.name)
+            elif item.master is not None:
+                if world.link(fail, where, item.netns, item.master, "master") != "bridge":
+                    raise fail(f"{where}.master", f"{item.master!r} is not a bridge")
+                if kind != "veth":
+                    raise fail(f"{where}.link", f"only a veth end can join a bridge, not {kind} {item.name!r}")
+        elif isinstance(item, Address):
+            world.link(fail, where, item.netns, item.dev, "dev")
+            world.once(fail, f"{where}.address", ("address", item.netns, item.address.ip))
+            world.addresses[item.netns].append(item.address)
+        elif isinstance(item, Route):
+            if item.dev is not None:
+                world.link(fail, where, item.netns, item.dev, "dev")
+            if item.via is not None and not any(
+                item.via in net.network for net in world.addresses[item.netns]
+            ):
+                raise fail(f"{where}.via", f"gateway {item.via} is not on a subnet that side has an address in")
+            world.once(fail, where, ("route", item.netns, str(item.destination)))
+        elif isinstance(item, Show):
+            pass
+        else:  # sysctls and iptables rules: the same one twice is a mistake
+            identity = {k: v for k, v in vars(item).items() if k not in ("why", "value")}
+            world.once(fail, where, (item.kind, tuple(sorted(identity.items(), key=str))))
+    for i, check in enumerate(topology.checks):
+        if check.source not in (HOST, INTERNET) and check.source not in world.namespaces:
+            raise fail(f"checks[{i}].from", f"{check.source!r} is not host, internet or a namespace of the lab")
