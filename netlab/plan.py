@@ -58,7 +58,9 @@ class Step:
     def undo_command(self) -> Optional[str]:
         if self.undo is None:
             return None
-        return shell_join(in_netns(self.netns, self.undo)).replace(SAVED, "<previous value>")
+        sentinel = "SAVED_VALUE_"  # shell-safe, so the placeholder does not force quoting
+        words = (word.replace(SAVED, sentinel) for word in in_netns(self.netns, self.undo))
+        return shell_join(words).replace(sentinel, "<previous value>")
 
     @property
     def changes(self) -> bool:

@@ -1,0 +1,242 @@
+"""The command line: a thin typer front end over the library.
+
+Every failure the user can cause ends as one line on stderr and exit code 2
+(bad input, nothing run or written) or 1 (a command failed); no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from netlab import __version__
+from netlab.errors import InputError, NetlabError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+app = typer.Typer(
+    name="netlab",
+    help=(
+        "Linux network-namespace labs: turn a lab of the series (or a topology file) into the "
+        "exact ip, iptables and sysctl commands of the documents, read them, and export them "
+        "as a standalone bash script. Exit codes: 0 done, 1 a command failed, 2 bad input "
+        "(nothing was run or written)."
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+TARGET_HELP = "A built-in lab name (see `netlab labs`) or the path of a topology file."
+SANDBOX_HELP = (
+    "Build the lab in a throwaway sandbox: the host side in namespace PREFIX-host, a fake "
+    "internet in PREFIX-wan (198.51.100.1 stands in for 8.8.8.8), lab namespaces named "
+    "PREFIX-NAME. Nothing outside the sandbox changes. Without PREFIX (or with --sandbox=), "
+    "the lab's default, `nl-` and its initials."
+)
+SET_HELP = "Set a lab parameter, e.g. --set public_ip=192.0.2.10 (repeatable; `netlab show` lists them)."
+
+_SANDBOX_OPTION = typer.Option(None, "--sandbox", metavar="[PREFIX]", help=SANDBOX_HELP)
+_SET_OPTION = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP)
+
+
+def _make_plan(target: str, sandbox: Optional[str], assignments: List[str]):
+    from netlab.plan import build_plan
+    from netlab.sandbox import Sandbox
+    from netlab.source import load, parse_overrides
+
+    topology = load(target, parse_overrides(assignments), sandbox=sandbox is not None)
+    box = None if sandbox is None else Sandbox.create(sandbox, topology.name, topology.namespaces)
+    return build_plan(topology, box)
+
+
+def _print_json(data) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2))
+
+
+@app.command("labs")
+def labs_command(as_json: bool = typer.Option(False, "--json", help="A JSON list, for scripts.")):
+    """List the built-in labs: name, title and source document.
+
+    Example: netlab labs
+    """
+    from netlab.source import catalog
+
+    labs = catalog()
+    if as_json:
+        _print_json([{"name": lab.name, "title": lab.title, "document": lab.document} for lab in labs])
+        return
+    width = max(len(lab.name) for lab in labs)
+    for lab in labs:
+        typer.echo(f"{lab.name:<{width}}  {lab.title}")
+        typer.echo(f"{'':<{width}}  from {lab.document}")
+
+
+@app.command("show")
+def show_command(lab: str = typer.Argument(..., metavar="LAB", help=TARGET_HELP)):
+    """Print a lab's topology file, to read, or to copy and edit.
+
+    Example: netlab show egress-ingress > my-lab.yaml
+    """
+    from netlab.source import read_text
+
+    typer.echo(read_text(lab), nl=False)
+
+
+@app.command("plan")
+def plan_command(
+    target: str = typer.Argument(..., metavar="TARGET", help=TARGET_HELP),
+    sandbox: Optional[str] = _SANDBOX_OPTION,
+    assignments: List[str] = _SET_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="A JSON object with the list of steps, for scripts."),
+):
+    """Print the numbered steps of a lab, each with its explanation and exact command. Runs nothing.
+
+    Example: netlab plan egress-ingress --sandbox
+    """
+    plan = _make_plan(target, sandbox, assignments)
+    if as_json:
+        _print_json(plan.to_dict())
+        return
+    where = f", in the sandbox {plan.sandbox.prefix}" if plan.sandbox else ""
+    typer.echo(f"# {plan.lab}: {plan.title} ({len(plan.steps)} steps{where})")
+    for step in plan.steps:
+        typer.echo(f"{step.index:3d}. {step.why}")
+        typer.echo(f"     {step.command}")
+
+
+@app.command("export")
+def export_command(
+    target: str = typer.Argument(..., metavar="TARGET", help=TARGET_HELP),
+    sandbox: Optional[str] = _SANDBOX_OPTION,
+    assignments: List[str] = _SET_OPTION,
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", metavar="FILE", help="Write the script to FILE (mode 0755) instead of stdout."
+    ),
+):
+    """Write the lab as a standalone bash script with up, down and plan actions.
+
+    Example: netlab export egress-ingress --sandbox -o lab.sh && sudo bash lab.sh up
+    """
+    from netlab.export import export_script
+
+    script = export_script(_make_plan(target, sandbox, assignments))
+    if output is None or str(output) == "-":
+        typer.echo(script, nl=False)
+        return
+    _write_executable(output, script)
+    typer.echo(f"wrote {output}", err=True)
+
+
+def _write_executable(path: Path, text: str) -> None:
+    """Write all or nothing: a temporary file beside PATH, renamed over it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, path)
+    except OSError as error:
+        try:
+            temporary.unlink()
+        except OSError:
+            pass
+        raise InputError(f"cannot write: {error.strerror or error}", str(path), "--output") from None
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print netlab's version and exit.", is_eager=True),
+):
+    if version:
+        typer.echo(f"netlab {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+# ------------------------------------------------------------ entry point
+def normalize_sandbox(args: List[str]) -> List[str]:
+    """Give `--sandbox` its optional PREFIX: `--sandbox` alone becomes `--sandbox=`.
+
+    The word after --sandbox is its PREFIX unless it is an option, a built-in
+    lab or an existing file (that is the TARGET): `plan --sandbox egress-ingress`
+    and `plan egress-ingress --sandbox box1` both do what they say.
+    """
+    from netlab.source import builtin_path
+
+    out = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            out.extend(args[i:])
+            break
+        if word == "--sandbox":
+            following = args[i + 1] if i + 1 < len(args) else None
+            if following is None or following.startswith("-") or builtin_path(following) or os.path.exists(following):
+                out.append("--sandbox=")
+            else:
+                out.append(f"--sandbox={following}")
+                i += 1
+        else:
+            out.append(word)
+        i += 1
+    return out
+
+
+def _click_exceptions():
+    """The click that typer runs on: vendored as typer._click by newer typers."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    click = _click_exceptions()
+    args = normalize_sandbox(list(sys.argv[1:] if argv is None else argv))
+    usage_error = click.UsageError
+    click_error = click.ClickException
+    abort = getattr(click, "Abort", KeyboardInterrupt)
+    try:
+        code = app(args=args, prog_name="netlab", standalone_mode=False)
+    except SystemExit:
+        raise
+    except InputError as error:
+        _fail(EXIT_BAD_INPUT, str(error))
+    except NetlabError as error:
+        _fail(error.exit_code, str(error))
+    except usage_error as error:
+        hint = f" (see: netlab {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else " (see: netlab --help)"
+        _fail(EXIT_BAD_INPUT, error.format_message().replace("\n", " ") + hint)
+    except click_error as error:
+        _fail(EXIT_BAD_INPUT, error.format_message().replace("\n", " "))
+    except (abort, KeyboardInterrupt):
+        _fail(130, "interrupted")
+    except BrokenPipeError:
+        _quiet_stdout()  # `netlab plan | head`: the reader left; nothing to say
+        sys.exit(EXIT_FAILED)
+    except Exception as error:  # a bug: still one line, and how to see the rest
+        if os.environ.get("NETLAB_DEBUG"):
+            raise
+        _fail(EXIT_FAILED, f"internal error: {type(error).__name__}: {error} (NETLAB_DEBUG=1 shows the traceback)")
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the flush at exit cannot fail on a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _fail(code: int, message: str) -> None:
+    sys.stderr.write(f"netlab: error: {message}\n")
+    sys.exit(code)

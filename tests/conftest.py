@@ -1,0 +1,124 @@
+"""Test harness: the `root` marker policy, sandbox names, cleanup, and a host guard.
+
+Tests marked `root` need root and network namespaces. Without them they are
+skipped on a developer machine, but fail in CI (CI is root: a skip there would
+hide a broken suite). Every namespace a test makes starts with `nlt` and the
+pytest process id; whatever a test leaves is removed after it, and the session
+fails if the root namespace's links, addresses, routes, iptables rules or
+ip_forward changed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+RUN_PREFIX = f"nlt{os.getpid() % 100000}"
+_counter = itertools.count(1)
+
+
+def sh(*argv, check=False, timeout=60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=timeout, **kwargs)
+
+
+def namespaces() -> list:
+    return sorted(line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line.strip())
+
+
+def _netns_capable() -> str:
+    """Empty when this process can make namespaces; otherwise why not."""
+    if os.geteuid() != 0:
+        return "needs root"
+    name = f"{RUN_PREFIX}-probe"
+    made = sh("ip", "netns", "add", name)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    sh("ip", "netns", "del", name)
+    return ""
+
+
+_WHY_NOT = None
+
+
+def pytest_runtest_setup(item):
+    global _WHY_NOT
+    if item.get_closest_marker("root") is None:
+        return
+    if _WHY_NOT is None:
+        _WHY_NOT = _netns_capable()
+    if _WHY_NOT:
+        if IN_CI:
+            pytest.fail(f"{_WHY_NOT}: in CI every root test must run, not be skipped")
+        pytest.skip(_WHY_NOT)
+
+
+def remove_namespaces(prefix: str) -> list:
+    """Kill what runs in, and delete, every namespace named PREFIX-*; returns their names."""
+    left = [name for name in namespaces() if name.startswith(prefix + "-")]
+    for name in left:
+        for pid in sh("ip", "netns", "pids", name).stdout.split():
+            sh("kill", "-9", pid)
+        sh("ip", "netns", "del", name)
+    return left
+
+
+@pytest.fixture
+def sandbox_prefix():
+    """A fresh sandbox prefix; whatever the test leaves under it is removed, also on failure."""
+    prefix = f"{RUN_PREFIX}-{next(_counter)}"
+    yield prefix
+    remove_namespaces(prefix)
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    """A private NETLAB_STATE_DIR for the test's journals."""
+    path = tmp_path / "state"
+    return path
+
+
+# ------------------------------------------------------------ host guard
+def _root_snapshot() -> dict:
+    """What a test must never change in the root namespace (read-only commands)."""
+    def links():
+        import json
+
+        return sorted(
+            (link["ifname"], link.get("operstate"), link.get("master"))
+            for link in json.loads(sh("ip", "-j", "link", "show").stdout or "[]")
+        )
+
+    rules = [line for line in sh("iptables-save").stdout.splitlines() if line.startswith("-")]
+    with open("/proc/sys/net/ipv4/ip_forward") as handle:
+        forward = handle.read().strip()
+    return {
+        "links": links(),
+        "addresses": sh("ip", "-o", "addr", "show").stdout,
+        "routes": sh("ip", "route", "show", "table", "all").stdout,
+        "iptables": rules,
+        "ip_forward": forward,
+    }
+
+
+def pytest_sessionstart(session):
+    session.config._netlab_root_before = _root_snapshot() if os.geteuid() == 0 else None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    leaked = remove_namespaces(RUN_PREFIX)
+    before = getattr(session.config, "_netlab_root_before", None)
+    changed = []
+    if before is not None:
+        after = _root_snapshot()
+        changed = [key for key in before if before[key] != after[key]]
+    if leaked or changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if leaked:
+            reporter.write_line(f"FAILED: tests left namespaces behind: {' '.join(leaked)}", red=True)
+        if changed:
+            reporter.write_line(f"FAILED: the root namespace changed during the tests: {', '.join(changed)}", red=True)
+        session.exitstatus = 1

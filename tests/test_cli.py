@@ -1,0 +1,138 @@
+"""The command line: every command, its output formats, and its options."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+import netlab
+from netlab.cli import main, normalize_sandbox
+from test_golden import LABS
+
+
+def run(capsys, *args):
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_labs_lists_the_seven_in_series_order(capsys):
+    code, out, _ = run(capsys, "labs", "--json")
+    assert code == 0
+    labs = json.loads(out)
+    assert [lab["name"] for lab in labs] == LABS
+    assert all(lab["title"] and lab["document"].startswith("Lab ") for lab in labs)
+    code, out, _ = run(capsys, "labs")
+    assert [line.split()[0] for line in out.splitlines()[::2]] == LABS
+
+
+def test_show_prints_the_topology_file(capsys):
+    from netlab.source import builtin_path
+
+    code, out, _ = run(capsys, "show", "egress-ingress")
+    assert code == 0 and out == builtin_path("egress-ingress").read_text()
+
+
+def test_a_shown_lab_is_an_ordinary_topology_file(capsys, tmp_path):
+    _, text, _ = run(capsys, "show", "ns-root-bridge")
+    copy = tmp_path / "mine.yaml"
+    copy.write_text(text.replace("name: ns-root-bridge", "name: mine"))
+    code, out, _ = run(capsys, "plan", str(copy), "--json")
+    assert code == 0 and json.loads(out)["lab"] == "mine"
+    assert [s["command"] for s in json.loads(out)["steps"]] == [
+        s.command for s in netlab.build_plan(netlab.load("ns-root-bridge")).steps
+    ]
+
+
+def test_plan_text_numbers_explains_and_shows_commands(capsys):
+    code, out, _ = run(capsys, "plan", "egress-ingress")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("# egress-ingress:")
+    assert lines[1].startswith("  1. ") and lines[2] == "     ip netns add ns0"
+    assert "     ip netns exec ns0 ip addr add 192.168.0.2/16 dev ceth0" in lines
+
+
+def test_plan_json_has_the_promised_fields(capsys):
+    code, out, _ = run(capsys, "plan", "egress-ingress", "--sandbox", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["sandbox"] == "nl-ei" and data["name"] == "nl-ei"
+    for index, step in enumerate(data["steps"], 1):
+        assert {"index", "netns", "argv", "command", "undo", "why"} <= set(step)
+        assert step["index"] == index
+    masquerade = next(s for s in data["steps"] if "MASQUERADE" in s["argv"])
+    assert masquerade["netns"] == "nl-ei-host"
+    assert masquerade["undo"][:5] == ["iptables", "-t", "nat", "-D", "POSTROUTING"]
+
+
+def test_set_changes_a_parameter(capsys):
+    _, out, _ = run(capsys, "plan", "egress-ingress", "--set", "public_ip=192.0.2.10")
+    assert "-d 192.0.2.10 -p tcp" in out
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["plan", "egress-ingress", "--sandbox"], ["plan", "egress-ingress", "--sandbox="]),
+        (["plan", "--sandbox", "egress-ingress"], ["plan", "--sandbox=", "egress-ingress"]),
+        (["plan", "egress-ingress", "--sandbox", "box1"], ["plan", "egress-ingress", "--sandbox=box1"]),
+        (["plan", "--sandbox", "box1", "egress-ingress"], ["plan", "--sandbox=box1", "egress-ingress"]),
+        (["plan", "--sandbox", "--json", "egress-ingress"], ["plan", "--sandbox=", "--json", "egress-ingress"]),
+        (["plan", "--sandbox=b2", "x"], ["plan", "--sandbox=b2", "x"]),
+    ],
+)
+def test_sandbox_takes_an_optional_prefix(args, expected):
+    assert normalize_sandbox(args) == expected
+
+
+def test_sandbox_prefix_names_every_namespace(capsys):
+    _, out, _ = run(capsys, "plan", "bridge-3ns", "--sandbox", "box7", "--json")
+    steps = json.loads(out)["steps"]
+    created = [s["argv"][3] for s in steps if s["argv"][:3] == ["ip", "netns", "add"]]
+    assert created == ["box7-host", "box7-wan", "box7-red-ns", "box7-blue-ns", "box7-green-ns"]
+    assert {s["netns"] for s in steps} <= {None, "box7-host", "box7-wan", "box7-red-ns", "box7-blue-ns", "box7-green-ns"}
+
+
+def test_export_writes_an_executable_script(capsys, tmp_path):
+    target = tmp_path / "lab.sh"
+    code, out, err = run(capsys, "export", "egress-ingress", "--sandbox", "-o", str(target))
+    assert code == 0 and out == "" and "wrote" in err
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert target.read_text().startswith("#!/usr/bin/env bash\n")
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left
+
+
+def test_export_to_stdout_is_the_script(capsys):
+    code, out, _ = run(capsys, "export", "ns-basics")
+    assert code == 0 and out.startswith("#!/usr/bin/env bash\n") and "do_1() { ip netns add ns0; }" in out
+
+
+def test_help_explains_every_command(capsys):
+    for command in ("labs", "show", "plan", "export"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "Example: netlab" in out
+
+
+def test_python_dash_m_and_version():
+    result = subprocess.run([sys.executable, "-m", "netlab", "--version"], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, f"netlab {netlab.__version__}\n")
+
+
+def test_unknown_command_is_one_line_exit_2():
+    result = subprocess.run([sys.executable, "-m", "netlab", "frob"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == ["netlab: error: No such command 'frob'. (see: netlab --help)"]
+
+
+def test_plan_piped_into_head_is_quiet():
+    result = subprocess.run(
+        f"{sys.executable} -m netlab plan bridge-3ns | head -1", shell=True, capture_output=True, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "0"},
+    )
+    assert result.stdout.startswith("# bridge-3ns") and "Traceback" not in result.stderr

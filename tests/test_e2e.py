@@ -1,0 +1,212 @@
+"""End to end, as root, on the real kernel: exported scripts run with bash in sandboxes.
+
+Real ip, iptables and ping, a real HTTP server in a lab namespace and a real
+client on the other side. Nothing here touches the root namespace: every lab
+is built in a sandbox whose namespaces start with the test run's prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import netlab
+from conftest import namespaces, sh
+from test_golden import LABS
+
+pytestmark = pytest.mark.root
+HELLO = Path(__file__).resolve().parent.parent / "scripts" / "hello_server.py"
+# where each lab's ingress server runs, for its http checks (a later issue makes these lab services)
+SERVERS = {"egress-ingress": ("ns0", "192.168.0.2", 3000), "process-comm": ("red-ns", "192.168.0.1", 3000)}
+
+
+class Lab:
+    """A built-in lab exported in a sandbox, and the means to run its script and probe it."""
+
+    def __init__(self, name, prefix, state_dir, tmp_path):
+        self.topology = netlab.load(name, sandbox=True)
+        self.sandbox = netlab.Sandbox.create(prefix, name, self.topology.namespaces)
+        self.plan = netlab.build_plan(self.topology, self.sandbox)
+        self.script = tmp_path / f"{name}.sh"
+        self.script.write_text(netlab.export_script(self.plan))
+        self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir)}
+        self.journal = state_dir / f"{prefix}.script"
+
+    def run(self, *args) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(self.script), *args], capture_output=True, text=True, env=self.env,
+                              stdin=subprocess.DEVNULL, timeout=300)
+
+    def ok(self, *args) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+        return result.stdout
+
+    def ns(self, name: str) -> str:
+        return {"host": self.sandbox.host, "internet": self.sandbox.wan}.get(name) or self.sandbox.netns(name)
+
+    def step_of(self, needle: str) -> int:
+        return next(step.index for step in self.plan.steps if needle in step.command)
+
+    def ping(self, source: str, address) -> bool:
+        return sh("ip", "netns", "exec", self.ns(source), "ping", "-n", "-c", "1", "-W", "1", str(address)).returncode == 0
+
+    def http(self, source: str, address, port: int):
+        """The body served at http://ADDRESS:PORT/ as seen from SOURCE, or None."""
+        code = (f"import urllib.request; print(urllib.request.urlopen('http://{address}:{port}/', timeout=3)"
+                ".read().decode())")
+        result = sh("ip", "netns", "exec", self.ns(source), sys.executable, "-c", code)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    @contextmanager
+    def server(self, netns: str, address: str, port: int):
+        process = subprocess.Popen(["ip", "netns", "exec", self.ns(netns), sys.executable, str(HELLO), address, str(port)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 15
+            while f"{address}:{port}" not in sh("ip", "netns", "exec", self.ns(netns), "ss", "-ltnH").stdout:
+                assert process.poll() is None, process.stderr.read().decode()
+                assert time.monotonic() < deadline, "the hello server did not start listening"
+                time.sleep(0.05)
+            yield
+        finally:
+            process.kill()
+            process.wait()
+
+
+def snapshot() -> dict:
+    """What must be the same before a lab and after its down: namespaces and root links (read only)."""
+    links = sorted(link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show").stdout))
+    return {"namespaces": namespaces(), "links": links}
+
+
+@pytest.fixture
+def lab_factory(sandbox_prefix, state_dir, tmp_path):
+    made = []
+
+    def make(name):
+        lab = Lab(name, sandbox_prefix, state_dir, tmp_path)
+        made.append(lab)
+        return lab
+
+    yield make
+    for lab in made:  # a failed test still takes its lab down (conftest then deletes any leftover)
+        lab.run("down")
+
+
+def test_egress_and_ingress_work_because_of_masquerade_and_dnat(lab_factory):
+    """Lab 4's story: the ping and the ingress fetch fail until their rule, then work."""
+    before = snapshot()
+    lab = lab_factory("egress-ingress")
+    internet, public = "198.51.100.1", "203.0.113.2"
+    masquerade, dnat = lab.step_of("MASQUERADE"), lab.step_of("DNAT")
+    assert masquerade < dnat == len(lab.plan.steps)
+
+    lab.ok("up", "--to", str(masquerade - 1))
+    with lab.server("ns0", "192.168.0.2", 3000):
+        assert lab.http("host", "192.168.0.2", 3000) == "Hello, World! :)"  # the server itself is fine
+        assert not lab.ping("ns0", internet), "egress works before MASQUERADE: the test proves nothing"
+        assert lab.http("internet", public, 3000) is None
+
+        lab.ok("up", "--to", str(masquerade))
+        assert lab.ping("ns0", internet), "MASQUERADE did not make egress work"
+        assert lab.http("internet", public, 3000) is None, "ingress works before DNAT"
+
+        lab.ok("up")
+        assert lab.ping("ns0", internet)
+        assert lab.http("internet", public, 3000) == "Hello, World! :)"
+
+    rules = sh("ip", "netns", "exec", lab.sandbox.host, "iptables-save", "-t", "nat").stdout
+    assert "-A POSTROUTING -s 192.168.0.0/16 ! -o br0 -j MASQUERADE" in rules
+    lab.ok("down")
+    assert snapshot() == before
+    assert not lab.journal.exists()
+
+
+@pytest.mark.parametrize("name", LABS)
+def test_round_trip_with_the_labs_checks(lab_factory, name):
+    before = snapshot()
+    lab = lab_factory(name)
+    out = lab.ok("up")
+    assert out.rstrip().endswith(f"is up: {len(lab.plan.steps)} steps")
+    created = {step.argv[3] for step in lab.plan.steps if step.argv[:3] == ("ip", "netns", "add")}
+    assert created <= set(namespaces())
+
+    server = SERVERS.get(name)
+    with (lab.server(*server) if server else _nothing()):
+        for check in lab.topology.checks:
+            if check.kind == "ping":
+                assert lab.ping(check.source, check.address), f"{name}: {check}"
+            else:
+                assert lab.http(check.source, check.address, check.port) == "Hello, World! :)", f"{name}: {check}"
+    assert "already done; nothing changed" in lab.ok("up")
+
+    lab.ok("down")
+    assert snapshot() == before
+    assert "is down" in lab.ok("down"), "a second down must succeed"
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def test_failed_step_rolls_back_and_spares_what_was_there(lab_factory, sandbox_prefix):
+    """A namespace that already exists makes its step fail: earlier steps are undone, it is kept."""
+    lab = lab_factory("egress-ingress")
+    squatter = lab.sandbox.netns("ns0")
+    sh("ip", "netns", "add", squatter, check=True)
+    before = snapshot()
+    result = lab.run("up")
+    failing = lab.step_of(f"ip netns add {squatter}")
+    assert result.returncode == 1
+    assert f"step {failing} failed: ip netns add {squatter}" in result.stderr
+    assert "rolled back; the host is as it was" in result.stderr
+    assert snapshot() == before and squatter in namespaces()
+    assert not lab.journal.exists()
+
+
+def test_down_without_a_record_undoes_what_is_in_effect(lab_factory):
+    before = snapshot()
+    lab = lab_factory("bridge-3ns")
+    lab.ok("up")
+    lab.journal.unlink()
+    out = lab.ok("down")
+    assert out.startswith("no record of an up")
+    assert snapshot() == before
+
+
+def test_sysctl_is_put_back_to_its_previous_value(lab_factory):
+    lab = lab_factory("egress-ingress")
+    forward = lab.step_of("sysctl -w net.ipv4.ip_forward=1")
+    read = ("ip", "netns", "exec", lab.sandbox.host, "sysctl", "-n", "net.ipv4.ip_forward")
+    lab.ok("up", "--to", str(forward - 1))
+    assert sh(*read).stdout.strip() == "0"
+    lab.ok("up", "--to", str(forward))
+    assert sh(*read).stdout.strip() == "1"
+    assert f"saved {forward} 0" in lab.journal.read_text()
+    out = lab.ok("down")
+    assert f"- ip netns exec {lab.sandbox.host} sysctl -w net.ipv4.ip_forward=0" in out.splitlines()
+
+
+def test_interrupted_up_rolls_back(lab_factory):
+    """SIGTERM in the middle of up: the script undoes what it did and exits 143."""
+    before = snapshot()
+    lab = lab_factory("bridge-3ns")
+    process = subprocess.Popen(["bash", str(lab.script), "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=lab.env)
+    deadline = time.monotonic() + 30
+    while not (lab.journal.exists() and lab.journal.read_text().count("done ") >= 15):
+        assert process.poll() is None and time.monotonic() < deadline, "up ended before it could be interrupted"
+        time.sleep(0.01)
+    process.terminate()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "rolled back" in err
+    assert snapshot() == before
