@@ -102,8 +102,10 @@ def read_yaml(text: str, label: str):
         keys = set()
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise InputError(f"line {line}: a key must be a plain word, not {type(key).__name__}", label)
             if key in keys:
-                line = key_node.start_mark.line + 1
                 raise InputError(f"line {line}: key {key!r} appears twice", label)
             keys.add(key)
         return loader.construct_mapping(node, deep)

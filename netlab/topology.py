@@ -25,6 +25,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
 _PARAM_RE = re.compile(r"[a-z_][a-z0-9_]*")
 _SYSCTL_KEY_RE = re.compile(r"net(\.[A-Za-z0-9_-]+)+")
 _SYSCTL_VALUE_RE = re.compile(r"[A-Za-z0-9_.: -]{1,64}")
+_DIGITS_RE = re.compile(r"[0-9]{1,5}")
 _CHARS = "of letters, digits, '_', '.' and '-', not starting with '-'"
 
 
@@ -191,8 +192,14 @@ def ipv4_interface(value: Any) -> ipaddress.IPv4Interface:
         raise _Bad(f"{text!r} needs a prefix length, as in 192.168.0.1/24")
     try:
         return ipaddress.IPv4Interface(text)
-    except ValueError:
-        raise _Bad(f"{text!r} is not an IPv4 address with a prefix length") from None
+    except ValueError as error:
+        raise _Bad(f"{text!r} is not an IPv4 address with a prefix length ({_reason(error)})") from None
+
+
+def _reason(error: ValueError) -> str:
+    """ipaddress's own reason, without the value it repeats."""
+    text = str(error)
+    return text.split(" in '", 1)[0].rstrip(".") if text else "invalid"
 
 
 def ipv4_network(value: Any) -> ipaddress.IPv4Network:
@@ -210,7 +217,7 @@ def route_destination(value: Any) -> Union[str, ipaddress.IPv4Network]:
 
 def port(value: Any) -> int:
     text = _text(value)
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not _DIGITS_RE.fullmatch(text) or not 1 <= int(text) <= 65535:
         raise _Bad(f"{text!r} is not a port (1-65535)")
     return int(text)
 
@@ -420,9 +427,11 @@ def _kind_of(fail, where: str, raw: Any, kinds) -> str:
     found = [key for key in raw if key in kinds]
     if len(found) > 1 and "netns" in found:
         found.remove("netns")  # `netns` is a kind and also says where any other step runs
-    if len(found) != 1:
-        what = "no" if not found else "more than one"
-        raise fail(where, f"has {what} kind key (one of: {', '.join(kinds)})")
+    if not found:
+        unknown = ", ".join(str(key) for key in raw) or "none"
+        raise fail(where, f"has no kind key (its keys: {unknown}; a step is one of: {', '.join(kinds)})")
+    if len(found) > 1:
+        raise fail(where, f"has two kind keys, {found[0]} and {found[1]}; one step is one object")
     return found[0]
 
 
@@ -432,13 +441,13 @@ def _item(fail, where: str, raw: Any) -> Item:
     spec = {**spec, **{k: v for k, v in _COMMON.items() if k not in spec}}
     for key in raw:
         if key not in spec:
-            raise fail(f"{where}.{key}", f"unknown key for a {kind} step (known: {', '.join(spec)})")
+            raise fail(f"{where}.{key}", f"unknown key for {_article(kind)} {kind} step (known: {', '.join(spec)})")
     values = {}
     for key, (attribute, parser, default) in spec.items():
         if key in raw:
             values[attribute] = _field(fail, f"{where}.{key}", parser, raw[key])
         elif default is REQUIRED:
-            raise fail(f"{where}.{key}", f"is required for a {kind} step")
+            raise fail(f"{where}.{key}", f"is required for {_article(kind)} {kind} step")
         else:
             values[attribute] = default
     if kind == "netns":
@@ -449,12 +458,17 @@ def _item(fail, where: str, raw: Any) -> Item:
     if kind == "link":
         changes = [key for key in ("up", "master", "move_to") if values[key] is not None]
         if len(changes) != 1:
-            raise fail(where, "a link step takes exactly one of: up, master, move_to")
+            given = " and ".join(changes) or "none"
+            raise fail(where, f"a link step takes exactly one of up, master, move_to (given: {given})")
     if kind == "route" and values["via"] is None and values["dev"] is None:
         raise fail(where, "a route needs via, dev or both")
     if kind == "masquerade" and values["out"] and values["not_out"]:
         raise fail(where, "a masquerade step takes out or not_out, not both")
     return cls(**values)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _check(fail, where: str, raw: Any) -> Check:
@@ -467,9 +481,9 @@ def _check(fail, where: str, raw: Any) -> Check:
     source = _field(fail, f"{where}.from", netns_name, raw["from"])
     address, port_number = _field(fail, f"{where}.{kind}", address_and_port, raw[kind])
     if kind != "ping" and port_number is None:
-        raise fail(f"{where}.{kind}", f"a {kind} check needs ADDRESS:PORT")
+        raise fail(f"{where}.{kind}", f"{raw[kind]!r}: a {kind} check needs ADDRESS:PORT")
     if kind == "ping" and port_number is not None:
-        raise fail(f"{where}.ping", "a ping check takes an address without a port")
+        raise fail(f"{where}.ping", f"{raw[kind]!r}: a ping check takes an address without a port")
     path = raw.get("path")
     if path is not None and (kind != "http" or not isinstance(path, str) or not path.startswith("/")):
         raise fail(f"{where}.path", "only an http check takes a path, starting with '/'")
@@ -484,31 +498,31 @@ class _World:
         self.namespaces = set()
         self.links: Dict[Optional[str], Dict[str, str]] = {None: {"lo": "loopback"}}
         self.addresses: Dict[Optional[str], list] = {None: []}
-        self.seen = set()
+        self.seen: Dict[tuple, str] = {}
 
-    def side(self, fail, where: str, netns: Optional[str]) -> Dict[str, str]:
+    def side(self, fail, field_path: str, netns: Optional[str]) -> Dict[str, str]:
         if netns is not None and netns not in self.namespaces:
-            raise fail(f"{where}.netns", f"{netns!r} is not a namespace created by an earlier step")
+            raise fail(field_path, f"{netns!r} is not a namespace created by an earlier step")
         return self.links[netns]
 
     def link(self, fail, where: str, netns: Optional[str], name: str, key: str) -> str:
-        links = self.side(fail, where, netns)
+        links = self.side(fail, f"{where}.netns", netns)
         if name not in links:
             side = f"namespace {netns!r}" if netns else "the host"
             raise fail(f"{where}.{key}", f"{name!r} is not a link in {side} at this step")
         return links[name]
 
-    def once(self, fail, where: str, what: tuple) -> None:
+    def once(self, fail, where: str, field_path: str, what: tuple, value) -> None:
         if what in self.seen:
-            raise fail(where, "duplicates an earlier step")
-        self.seen.add(what)
+            raise fail(field_path, f"{value!r} again: {self.seen[what]} already has it on that side")
+        self.seen[what] = where
 
 
 def _check_references(fail, topology: Topology) -> None:
     world = _World()
     for i, item in enumerate(topology.steps):
         where = f"steps[{i}]"
-        links = world.side(fail, where, item.netns)
+        links = world.side(fail, f"{where}.netns", item.netns)
         if isinstance(item, Netns):
             if item.name in world.namespaces:
                 raise fail(f"{where}.netns", f"{item.name!r} is created twice")
@@ -521,7 +535,7 @@ def _check_references(fail, topology: Topology) -> None:
                 raise fail(f"{where}.{key}", f"{item.name!r} already exists on that side")
             links[item.name] = item.kind
             if isinstance(item, Veth):
-                peer_links = world.side(fail, f"{where}.peer", item.peer_netns)
+                peer_links = world.side(fail, f"{where}.peer_netns", item.peer_netns)
                 if item.peer in peer_links or (item.peer == item.name and item.peer_netns == item.netns):
                     raise fail(f"{where}.peer", f"{item.peer!r} already exists on that side")
                 peer_links[item.peer] = "veth"
@@ -541,7 +555,7 @@ def _check_references(fail, topology: Topology) -> None:
                     raise fail(f"{where}.link", f"only a veth end can join a bridge, not {kind} {item.name!r}")
         elif isinstance(item, Address):
             world.link(fail, where, item.netns, item.dev, "dev")
-            world.once(fail, f"{where}.address", ("address", item.netns, item.address.ip))
+            world.once(fail, where, f"{where}.address", ("address", item.netns, item.address.ip), str(item.address))
             world.addresses[item.netns].append(item.address)
         elif isinstance(item, Route):
             if item.dev is not None:
@@ -549,13 +563,18 @@ def _check_references(fail, topology: Topology) -> None:
             if item.via is not None and not any(
                 item.via in net.network for net in world.addresses[item.netns]
             ):
-                raise fail(f"{where}.via", f"gateway {item.via} is not on a subnet that side has an address in")
-            world.once(fail, where, ("route", item.netns, str(item.destination)))
+                side = f"namespace {item.netns!r}" if item.netns else "the host"
+                raise fail(f"{where}.via", f"gateway {item.via} is not on a subnet {side} has an address in")
+            world.once(fail, where, f"{where}.route", ("route", item.netns, str(item.destination)), str(item.destination))
         elif isinstance(item, Show):
             pass
-        else:  # sysctls and iptables rules: the same one twice is a mistake
-            identity = {k: v for k, v in vars(item).items() if k not in ("why", "value")}
-            world.once(fail, where, (item.kind, tuple(sorted(identity.items(), key=str))))
+        elif isinstance(item, Sysctl):
+            world.once(fail, where, f"{where}.sysctl", ("sysctl", item.netns, item.key), item.key)
+        else:  # iptables rules: the same rule twice is a mistake
+            identity = {k: v for k, v in vars(item).items() if k != "why"}
+            first_key = next(iter(_SCHEMA[item.kind][1]))
+            world.once(fail, where, f"{where}.{first_key}", (item.kind, tuple(sorted(identity.items(), key=str))),
+                       str(getattr(item, _SCHEMA[item.kind][1][first_key][0])))
     for i, check in enumerate(topology.checks):
         if check.source not in (HOST, INTERNET) and check.source not in world.namespaces:
             raise fail(f"checks[{i}].from", f"{check.source!r} is not host, internet or a namespace of the lab")
