@@ -63,7 +63,6 @@ def export_script(plan: Plan) -> str:
             "why": step.why,
             "command": step.command,
             "undo_command": step.undo_command,
-            "do": step.command,
             "undo": _undo_text(step),
             "probe": _probe_text(step),
             "save": shell_join(in_netns(step.netns, step.save)) if step.save else None,

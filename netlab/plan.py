@@ -62,11 +62,6 @@ class Step:
         words = (word.replace(SAVED, sentinel) for word in in_netns(self.netns, self.undo))
         return shell_join(words).replace(sentinel, "<previous value>")
 
-    @property
-    def changes(self) -> bool:
-        """False for read-only steps (the documents' `ip netns list`)."""
-        return self.probe is not None
-
     def to_dict(self) -> dict:
         return {
             "index": self.index,

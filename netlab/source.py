@@ -51,7 +51,10 @@ def resolve(target: str) -> Path:
 
 
 def read_text(target: str) -> str:
-    path = resolve(target)
+    return _read(resolve(target))
+
+
+def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -80,7 +83,7 @@ def load(target: str, params: Optional[Mapping[str, str]] = None, sandbox: bool 
 
     path = resolve(target)
     label = target if builtin_path(target) else str(path)
-    data = read_yaml(read_text(target), label)
+    data = read_yaml(_read(path), label)
     overrides = dict(params or {})
     if sandbox:
         declared = data.get("params") if isinstance(data, dict) else None

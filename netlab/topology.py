@@ -572,9 +572,9 @@ def _check_references(fail, topology: Topology) -> None:
             world.once(fail, where, f"{where}.sysctl", ("sysctl", item.netns, item.key), item.key)
         else:  # iptables rules: the same rule twice is a mistake
             identity = {k: v for k, v in vars(item).items() if k != "why"}
-            first_key = next(iter(_SCHEMA[item.kind][1]))
-            world.once(fail, where, f"{where}.{first_key}", (item.kind, tuple(sorted(identity.items(), key=str))),
-                       str(getattr(item, _SCHEMA[item.kind][1][first_key][0])))
+            kind_key, (attribute, _, _) = next(iter(_SCHEMA[item.kind][1].items()))
+            world.once(fail, where, f"{where}.{kind_key}", (item.kind, tuple(sorted(identity.items(), key=str))),
+                       str(getattr(item, attribute)))
     for i, check in enumerate(topology.checks):
         if check.source not in (HOST, INTERNET) and check.source not in world.namespaces:
             raise fail(f"checks[{i}].from", f"{check.source!r} is not host, internet or a namespace of the lab")

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -139,7 +139,7 @@ def test_round_trip_with_the_labs_checks(lab_factory, name):
     assert created <= set(namespaces())
 
     server = SERVERS.get(name)
-    with (lab.server(*server) if server else _nothing()):
+    with (lab.server(*server) if server else nullcontext()):
         for check in lab.topology.checks:
             if check.kind == "ping":
                 assert lab.ping(check.source, check.address), f"{name}: {check}"
@@ -150,11 +150,6 @@ def test_round_trip_with_the_labs_checks(lab_factory, name):
     lab.ok("down")
     assert snapshot() == before
     assert "is down" in lab.ok("down"), "a second down must succeed"
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def test_failed_step_rolls_back_and_spares_what_was_there(lab_factory, sandbox_prefix):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -11,8 +12,8 @@ import netlab
 from netlab.plan import Plan, Probe, Step
 from test_golden import LABS
 
-pytestmark = pytest.mark.skipif(
-    not shutil.which("shellcheck") and not __import__("os").environ.get("CI"),
+needs_shellcheck = pytest.mark.skipif(
+    not shutil.which("shellcheck") and not os.environ.get("CI"),
     reason="shellcheck is not installed (CI installs it)",
 )
 
@@ -23,6 +24,7 @@ def plan_of(lab: str, sandbox: bool) -> Plan:
     return netlab.build_plan(topology, box)
 
 
+@needs_shellcheck
 @pytest.mark.parametrize("sandbox", [False, True], ids=["host", "sandbox"])
 @pytest.mark.parametrize("lab", LABS)
 def test_shellcheck_reports_nothing(lab, sandbox, tmp_path):
