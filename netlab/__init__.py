@@ -3,9 +3,11 @@
 The public API for scripts and test authors:
 
     import netlab
-    topology = netlab.load("egress-ingress", params={"public_ip": "10.0.0.25"})
-    plan = netlab.build_plan(topology, sandbox=netlab.Sandbox.for_lab(topology))
+    plan = netlab.make_plan("egress-ingress", sandbox="box1")
     print(netlab.export_script(plan))
+
+    with netlab.up("egress-ingress", sandbox="box1") as lab:   # as root
+        lab.run("ns0", ["ping", "-c", "1", "198.51.100.1"])
 
 Submodules are imported on first use, so `import netlab` stays cheap.
 """
@@ -19,6 +21,14 @@ _API = {
     "Plan": "netlab.plan",
     "Step": "netlab.plan",
     "build_plan": "netlab.plan",
+    "make_plan": "netlab.plan",
+    "up": "netlab.lab",
+    "down": "netlab.lab",
+    "Lab": "netlab.lab",
+    "StepFailed": "netlab.runner",
+    "Interrupted": "netlab.runner",
+    "LabConflict": "netlab.runner",
+    "LabBusy": "netlab.journal",
     "export_script": "netlab.export",
     "NetlabError": "netlab.errors",
     "InputError": "netlab.errors",

@@ -23,8 +23,9 @@ app = typer.Typer(
     help=(
         "Linux network-namespace labs: turn a lab of the series (or a topology file) into the "
         "exact ip, iptables and sysctl commands of the documents, read them, and export them "
-        "as a standalone bash script. Exit codes: 0 done, 1 a command failed, 2 bad input "
-        "(nothing was run or written)."
+        "as a standalone bash script, or bring it up and down with a rollback journal. Exit codes: "
+        "0 done, 1 a command failed (rolled back) or the lab is busy, 2 bad input (nothing was run "
+        "or written), 130/143 interrupted by SIGINT/SIGTERM (rolled back)."
     ),
     add_completion=False,
     no_args_is_help=True,
@@ -46,14 +47,21 @@ _SANDBOX_OPTION = typer.Option(None, "--sandbox", metavar="[PREFIX]", help=SANDB
 _SET_OPTION = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP)
 
 
-def _make_plan(target: str, sandbox: Optional[str], assignments: List[str]):
-    from netlab.plan import build_plan
-    from netlab.sandbox import Sandbox
-    from netlab.source import load, parse_overrides
+HOST_NETNS_HELP = (
+    "Run the host side inside the existing namespace NS (a container's, or a test harness's) "
+    "instead of the root namespace; netlab never creates or deletes NS. With --sandbox, NS plays "
+    "the sandbox's host."
+)
+NAME_HELP = "The lab's name on this host (see `netlab status`): its sandbox prefix, or its own name."
 
-    topology = load(target, parse_overrides(assignments), sandbox=sandbox is not None)
-    box = None if sandbox is None else Sandbox.create(sandbox, topology.name, topology.namespaces)
-    return build_plan(topology, box)
+_HOST_NETNS_OPTION = typer.Option(None, "--host-netns", metavar="NS", help=HOST_NETNS_HELP)
+
+
+def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host_netns: Optional[str] = None):
+    from netlab.plan import make_plan
+    from netlab.source import parse_overrides
+
+    return make_plan(target, sandbox, host_netns, parse_overrides(assignments))
 
 
 def _print_json(data) -> None:
@@ -95,6 +103,7 @@ def show_command(lab: str = typer.Argument(..., metavar="LAB", help=TARGET_HELP)
 def plan_command(
     target: str = typer.Argument(..., metavar="TARGET", help=TARGET_HELP),
     sandbox: Optional[str] = _SANDBOX_OPTION,
+    host_netns: Optional[str] = _HOST_NETNS_OPTION,
     assignments: List[str] = _SET_OPTION,
     as_json: bool = typer.Option(False, "--json", help="A JSON object with the list of steps, for scripts."),
 ):
@@ -102,7 +111,7 @@ def plan_command(
 
     Example: netlab plan egress-ingress --sandbox
     """
-    plan = _make_plan(target, sandbox, assignments)
+    plan = _make_plan(target, sandbox, assignments, host_netns)
     if as_json:
         _print_json(plan.to_dict())
         return
@@ -117,6 +126,7 @@ def plan_command(
 def export_command(
     target: str = typer.Argument(..., metavar="TARGET", help=TARGET_HELP),
     sandbox: Optional[str] = _SANDBOX_OPTION,
+    host_netns: Optional[str] = _HOST_NETNS_OPTION,
     assignments: List[str] = _SET_OPTION,
     output: Optional[Path] = typer.Option(
         None, "-o", "--output", metavar="FILE", help="Write the script to FILE (mode 0755) instead of stdout."
@@ -128,12 +138,98 @@ def export_command(
     """
     from netlab.export import export_script
 
-    script = export_script(_make_plan(target, sandbox, assignments))
+    script = export_script(_make_plan(target, sandbox, assignments, host_netns))
     if output is None or str(output) == "-":
         typer.echo(script, nl=False)
         return
     _write_executable(output, script)
     typer.echo(f"wrote {output}", err=True)
+
+
+@app.command("up")
+def up_command(
+    target: str = typer.Argument(..., metavar="TARGET", help=TARGET_HELP),
+    sandbox: Optional[str] = _SANDBOX_OPTION,
+    host_netns: Optional[str] = _HOST_NETNS_OPTION,
+    assignments: List[str] = _SET_OPTION,
+):
+    """Bring a lab up: run its steps in order, recording each in a journal first.
+
+    Either the whole lab is in place, or none of it: a failing step, Ctrl-C or
+    SIGTERM undoes the steps done, in reverse. After a crash, `netlab down NAME`
+    undoes what the journal records. A step already in effect before the lab
+    (an identical rule, ip_forward already 1) is left alone, and `down` leaves
+    it too. Running `up` again on a lab that is up changes nothing.
+
+    Example: sudo netlab up egress-ingress --sandbox
+    """
+    from netlab.progress import TerminalReporter
+    from netlab.runner import up
+
+    plan = _make_plan(target, sandbox, assignments, host_netns)
+    with TerminalReporter() as reporter:
+        outcome = up(plan, reporter=reporter)
+    typer.echo(outcome.summary)
+
+
+@app.command("down")
+def down_command(name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP)):
+    """Take a lab down: undo, in reverse, every step its journal records.
+
+    Only what the lab did is undone: what was there before is left, and a sysctl
+    gets its old value back only if it still holds the lab's. Works after a crash
+    too; a lab that is not up is nothing to do (exit 0).
+
+    Example: sudo netlab down nl-ei
+    """
+    from netlab.progress import TerminalReporter
+    from netlab.runner import down
+
+    with TerminalReporter() as reporter:
+        outcome = down(name, reporter=reporter)
+    typer.echo(outcome.summary)
+
+
+@app.command("status")
+def status_command(
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help=NAME_HELP),
+    as_json: bool = typer.Option(False, "--json", help="JSON, for scripts."),
+):
+    """List the labs that are up; with NAME, probe each of its steps in the live kernel.
+
+    A step is `in effect`, `missing` (the lab did it, and it is gone: drift),
+    `not applied`, `pre-existing` (it was in effect before the lab; left alone)
+    or `read-only`. With NAME, the exit code is 1 when a step is missing or not
+    applied.
+
+    Example: sudo netlab status nl-ei
+    """
+    from netlab import status
+    from netlab.runner import _require_root
+
+    _require_root("status")
+    if name is None:
+        labs = status.labs()
+        if as_json:
+            _print_json({"labs": [lab.to_dict() for lab in labs]})
+        elif not labs:
+            typer.echo("no labs are up")
+        else:
+            width = max(len(lab.name) for lab in labs)
+            typer.echo(f"{'NAME':<{width}}  {'STATE':<7}  {'STEPS':>7}  LAB")
+            for lab in labs:
+                typer.echo(f"{lab.name:<{width}}  {lab.state:<7}  {lab.applied:>3}/{lab.steps:<3}  {lab.lab}")
+        return
+    summary, steps = status.lab_steps(name)
+    if as_json:
+        _print_json({**summary.to_dict(), "steps": [step.to_dict() for step in steps]})
+    else:
+        typer.echo(f"{summary.name}: lab {summary.lab}, {summary.state}, plan {summary.digest}, "
+                   f"since {summary.created}")
+        for step in steps:
+            typer.echo(f"{step.index:4d}  {step.state:<12}  {step.command}")
+    if any(step.state in (status.MISSING, status.NOT_APPLIED) for step in steps):
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _write_executable(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ when a step becomes text (`Step.command`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -51,6 +52,11 @@ class Step:
     save: Optional[Tuple[str, ...]] = None  # run before the step; its output fills SAVED in undo
 
     @property
+    def read_only(self) -> bool:
+        """A step that only shows something (`ip link list`): nothing to undo or probe."""
+        return self.undo is None and self.probe is None
+
+    @property
     def command(self) -> str:
         return shell_join(in_netns(self.netns, self.argv))
 
@@ -80,6 +86,20 @@ class Step:
             "why": self.why,
         }
 
+    @classmethod
+    def from_dict(cls, index: int, data: dict) -> "Step":
+        """A Step from `to_dict` output or a template's JSON line (which has no index)."""
+        probe = data["probe"]
+        return cls(
+            index=index,
+            netns=data["netns"],
+            argv=tuple(data["argv"]),
+            why=data["why"],
+            undo=None if data["undo"] is None else tuple(data["undo"]),
+            probe=None if probe is None else Probe(probe["netns"], tuple(probe["argv"]), probe["match"], probe["value"]),
+            save=None if data["save"] is None else tuple(data["save"]),
+        )
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -89,6 +109,11 @@ class Plan:
     sandbox: Optional[Sandbox]
     params: Tuple[Tuple[str, str], ...]
     steps: Tuple[Step, ...]
+    host_netns: Optional[str] = None  # an existing namespace that plays the host
+
+    def netns(self, name: str) -> str:
+        """The real name of the lab's namespace NAME (the sandbox prefixes it)."""
+        return self.sandbox.netns(name) if self.sandbox else name
 
     @property
     def digest(self) -> str:
@@ -102,6 +127,7 @@ class Plan:
             "title": self.title,
             "name": self.name,
             "sandbox": self.sandbox.prefix if self.sandbox else None,
+            "host_netns": self.host_netns,
             "params": dict(self.params),
             "digest": self.digest,
             "steps": [step.to_dict() for step in self.steps],
@@ -115,8 +141,8 @@ def sandbox_items(sandbox: Sandbox) -> Tuple[Item, ...]:
     def why(text: str) -> str:
         return f"Sandbox: {text}"
 
-    return (
-        Netns(None, why("create the namespace that plays the host."), host),
+    make_host = () if sandbox.host_netns else (Netns(None, why("create the namespace that plays the host."), host),)
+    return make_host + (
         Netns(None, why("create the namespace that plays the internet."), wan),
         Link(host, why("bring up the host's loopback."), "lo", True, None, None),
         Link(wan, why("bring up the internet's loopback."), "lo", True, None, None),
@@ -132,11 +158,33 @@ def sandbox_items(sandbox: Sandbox) -> Tuple[Item, ...]:
     )
 
 
-def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None) -> Plan:
-    """Render the topology (inside `sandbox`, if given) into an ordered Plan."""
+def make_plan(target: str, sandbox: Optional[str] = None, host_netns: Optional[str] = None, params=None) -> Plan:
+    """Load TARGET (a built-in lab or a topology file) and render its plan.
+
+    `sandbox` is a prefix ("" for the lab's default) or None for no sandbox;
+    `host_netns` an existing namespace that plays the host.
+    """
+    from netlab.source import load
+
+    topology = load(target, params, sandbox=sandbox is not None)
+    box = None if sandbox is None else Sandbox.create(sandbox, topology.name, topology.namespaces, host_netns)
+    return build_plan(topology, box, host_netns)
+
+
+def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns: Optional[str] = None) -> Plan:
+    """Render the topology into an ordered Plan: inside `sandbox` if given, with
+    the host side in the existing namespace `host_netns` if given."""
     from netlab.errors import InputError
     from netlab.templating import environment
+    from netlab.topology import netns_name
 
+    if host_netns is not None:
+        try:
+            netns_name(host_netns)
+        except ValueError as error:
+            raise InputError(str(error), None, "--host-netns") from None
+        if sandbox is not None:
+            sandbox = dataclasses.replace(sandbox, host_netns=host_netns)
     items = topology.steps
     if sandbox is not None:
         clash = {"host", "wan"} & set(topology.namespaces)
@@ -147,8 +195,11 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None) -> Plan:
         host = sandbox.host
         nsname = sandbox.netns
     else:
-        host = None
+        host = host_netns
         nsname = str
+    created = {nsname(name) for name in topology.namespaces} | ({sandbox.wan} if sandbox else set())
+    if host_netns in created:
+        raise InputError(f"{host_netns!r} is also a namespace the lab creates", topology.source, "--host-netns")
 
     env = environment()
     steps = []
@@ -157,19 +208,6 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None) -> Plan:
         text = env.get_template(f"{item.kind}.j2").render(item=item, ns=side, nsname=nsname)
         for line in text.splitlines():
             if line.strip():
-                steps.append(_step(len(steps) + 1, json.loads(line)))
+                steps.append(Step.from_dict(len(steps) + 1, json.loads(line)))
     name = sandbox.prefix if sandbox else topology.name
-    return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps))
-
-
-def _step(index: int, data: dict) -> Step:
-    probe = data["probe"]
-    return Step(
-        index=index,
-        netns=data["netns"],
-        argv=tuple(data["argv"]),
-        why=data["why"],
-        undo=None if data["undo"] is None else tuple(data["undo"]),
-        probe=None if probe is None else Probe(probe["netns"], tuple(probe["argv"]), probe["match"], probe["value"]),
-        save=None if data["save"] is None else tuple(data["save"]),
-    )
+    return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps), host_netns)

@@ -4,14 +4,17 @@ The sandbox is two namespaces, PREFIX-host (plays the host) and PREFIX-wan
 (plays the internet), joined by an uplink on 203.0.113.0/24, with an internet
 host at 198.51.100.1 standing in for 8.8.8.8. Every lab namespace NAME becomes
 PREFIX-NAME, so two sandboxes never collide. The commands that build it are
-ordinary plan steps (templates/sandbox.j2); this module only holds the names
+ordinary plan steps (plan.sandbox_items); this module only holds the names
 and addresses, all in documentation ranges so no packet leaves the sandbox.
+With `host_netns`, an existing namespace that netlab did not create plays the
+host: the sandbox never creates or deletes it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from netlab.errors import InputError
 
@@ -30,10 +33,11 @@ class Sandbox:
     host_address: str = SANDBOX_PARAMS["public_ip"] + "/24"
     wan_address: str = "203.0.113.1/24"
     internet_address: str = SANDBOX_PARAMS["internet_ip"] + "/32"
+    host_netns: Optional[str] = None  # an existing namespace that plays the host
 
     @property
     def host(self) -> str:
-        return f"{self.prefix}-host"
+        return self.host_netns or f"{self.prefix}-host"
 
     @property
     def wan(self) -> str:
@@ -44,10 +48,11 @@ class Sandbox:
         return self.wan_address.split("/")[0]
 
     def netns(self, name: str) -> str:
-        return f"{self.prefix}-{name}"
+        """The real name of namespace NAME: `host` is the host's, the rest get the prefix."""
+        return self.host if name == "host" else f"{self.prefix}-{name}"
 
     @classmethod
-    def create(cls, prefix: str, lab_name: str, namespaces=()) -> "Sandbox":
+    def create(cls, prefix: str, lab_name: str, namespaces=(), host_netns: Optional[str] = None) -> "Sandbox":
         """A sandbox with PREFIX, or the lab's default prefix when PREFIX is empty."""
         prefix = prefix or default_prefix(lab_name)
         if not _PREFIX_RE.fullmatch(prefix):
@@ -56,8 +61,8 @@ class Sandbox:
                 None,
                 "--sandbox",
             )
-        sandbox = cls(prefix)
-        for name in ("host", "wan", *namespaces):
+        sandbox = cls(prefix, host_netns=host_netns)
+        for name in ("wan", *namespaces):
             if len(sandbox.netns(name)) > 64:
                 raise InputError(f"{sandbox.netns(name)!r} is longer than 64 characters", None, "--sandbox")
         return sandbox

@@ -1,0 +1,89 @@
+"""Running commands on the host through plumbum: argv lists, never a shell string.
+
+A command for namespace NS runs as `ip netns exec NS ...`. Each child runs in
+a session of its own, so a Ctrl-C at the terminal reaches netlab (which stops
+between steps and rolls back) and never kills an `ip` half-way through a step.
+Probes and undo commands are answered here too, so the runner and `status`
+read the live kernel the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from netlab.errors import CommandError, NetlabError
+from netlab.plan import SAVED, Probe, Step, in_netns
+
+COMMAND_TIMEOUT = 120  # seconds; no step of a lab comes near it
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: Tuple[str, ...]
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    def error(self) -> CommandError:
+        return CommandError(self.argv, self.code, self.stdout, self.stderr)
+
+
+class Executor:
+    """Runs argv lists on a plumbum machine (the local one unless told otherwise)."""
+
+    def __init__(self, machine=None):
+        if machine is None:
+            from plumbum import local as machine
+        self.machine = machine
+        self._programs = {}
+
+    def _program(self, name: str):
+        program = self._programs.get(name)
+        if program is None:
+            from plumbum import CommandNotFound
+
+            try:
+                program = self.machine[name]
+            except CommandNotFound:
+                raise NetlabError(f"{name} is not installed (netlab needs iproute2, iptables and procps)") from None
+            self._programs[name] = program
+        return program
+
+    def run(self, argv: Sequence[str], netns: Optional[str] = None) -> Result:
+        from plumbum import ProcessTimedOut
+
+        full = in_netns(netns, argv)
+        try:
+            code, out, err = self._program(full[0]).run(full[1:], retcode=None, new_session=True,
+                                                         timeout=COMMAND_TIMEOUT)
+        except ProcessTimedOut:
+            return Result(full, 124, "", f"no answer after {COMMAND_TIMEOUT} s")
+        return Result(full, code, out, err)
+
+    def check(self, probe: Probe) -> bool:
+        """Whether a probe says its step is in effect."""
+        result = self.run(probe.argv, probe.netns)
+        if probe.match == "status":
+            return result.ok
+        if probe.match == "output":
+            return result.ok and bool(result.stdout.strip())
+        return result.ok and result.stdout.strip() == probe.value
+
+    def in_effect(self, step: Step) -> Optional[bool]:
+        """Whether STEP is in effect now; None for a step with no probe."""
+        return None if step.probe is None else self.check(step.probe)
+
+    def run_step(self, step: Step) -> Result:
+        return self.run(step.argv, step.netns)
+
+    def save(self, step: Step) -> Result:
+        return self.run(step.save, step.netns)
+
+    def undo(self, step: Step, saved: Optional[str]) -> Result:
+        argv = [word.replace(SAVED, saved) if saved is not None else word for word in step.undo]
+        return self.run(argv, step.netns)

@@ -1,0 +1,93 @@
+"""The Python API for test authors: a lab that is up, as a context manager.
+
+    import netlab
+    with netlab.up("egress-ingress", sandbox="t1") as lab:
+        lab.run("ns0", ["ping", "-c", "1", "198.51.100.1"])
+    # here the lab is down again, also when the block raised
+
+`up` returns only when every step is in place; when a step fails it has
+already rolled back and raises StepFailed. Leaving the `with` block always
+takes the lab down.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+from netlab.execute import Executor, Result
+from netlab.plan import Plan
+
+
+class Lab:
+    """A lab that is up on this host (or in its sandbox)."""
+
+    def __init__(self, plan: Plan, state_dir=None, reporter=None):
+        self.plan = plan
+        self.state_dir = state_dir
+        self.reporter = reporter
+        self.is_up = False
+
+    @property
+    def name(self) -> str:
+        """Its name on this host, as `netlab status` shows it."""
+        return self.plan.name
+
+    def netns(self, name: str) -> Optional[str]:
+        """The real name of the lab's namespace NAME; `host` is the host side (None: the root namespace)."""
+        if name == "host":
+            return self.plan.sandbox.host if self.plan.sandbox else self.plan.host_netns
+        return self.plan.netns(name)
+
+    def up(self) -> "Lab":
+        from netlab.runner import up
+
+        up(self.plan, self.state_dir, self.reporter)
+        self.is_up = True
+        return self
+
+    def down(self) -> None:
+        """Take the lab down (a lab that is not up is nothing to do)."""
+        from netlab.runner import down
+
+        down(self.name, self.state_dir, self.reporter)
+        self.is_up = False
+
+    def run(self, netns: str, argv: Sequence[str], check: bool = True) -> Result:
+        """Run ARGV in the lab's namespace NETNS ("host" for the host side); with CHECK, a failure raises CommandError."""
+        result = Executor().run(tuple(argv), self.netns(netns))
+        if check and not result.ok:
+            raise result.error()
+        return result
+
+    def status(self):
+        """Each step's live state (see netlab.status)."""
+        from netlab.status import lab_steps
+
+        return lab_steps(self.name, self.state_dir)[1]
+
+    def __enter__(self) -> "Lab":
+        if not self.is_up:
+            self.up()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+
+def up(target: str, *, sandbox: Optional[str] = None, host_netns: Optional[str] = None,
+       params: Optional[Mapping[str, str]] = None, state_dir=None, reporter=None) -> Lab:
+    """Bring up TARGET (a built-in lab or a topology file's path) and return it, as a context manager.
+
+    `sandbox` is a prefix ("" for the lab's default) to build it in a sandbox;
+    `host_netns` an existing namespace to play the host.
+    """
+    from netlab.plan import make_plan
+
+    return Lab(make_plan(target, sandbox, host_netns, params), state_dir, reporter).up()
+
+
+def down(name: str, state_dir=None, reporter=None):
+    """Take down the lab called NAME on this host; returns the runner's Outcome."""
+    from netlab.runner import down as run_down
+
+    return run_down(name, state_dir, reporter)

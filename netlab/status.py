@@ -1,0 +1,96 @@
+"""What is up on this host: the labs the journals record, and each step's live state.
+
+The list reads only the journals. The state of one lab's steps comes from the
+live kernel, through each step's probe (`ip ... show`, `iptables -C`, a
+sysctl read), so drift shows: a rule deleted by hand is `missing`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from netlab import journal as journals
+from netlab.errors import InputError
+from netlab.execute import Executor
+
+# A step's state on the live host.
+IN_EFFECT = "in effect"  # the lab did it and it holds
+MISSING = "missing"  # the lab did it and it is gone (drift)
+NOT_APPLIED = "not applied"  # the lab has not done it (an interrupted up)
+PRE_EXISTING = "pre-existing"  # in effect before the lab; the host's, left alone
+READ_ONLY = "read-only"  # shows something, changes nothing
+
+
+@dataclass(frozen=True)
+class LabSummary:
+    name: str
+    lab: str
+    state: str  # up, partial (an interrupted up), busy (an up or down running), failed
+    steps: int
+    applied: int
+    pid: int
+    created: str
+    digest: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class StepState:
+    index: int
+    state: str
+    command: str
+    why: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _summary(record: journals.Journal, directory) -> LabSummary:
+    if journals.Lock(directory, record.name).held_elsewhere():
+        state = "busy"
+    elif record.complete:
+        state = "up"
+    elif record.has("rollback") or record.failed:
+        state = "failed"
+    else:
+        state = "partial"
+    steps = record.header["steps"]
+    return LabSummary(record.name, record.lab, state, len(steps), len(record.done | record.found),
+                      record.header.get("pid", 0), record.header.get("created", ""), record.digest)
+
+
+def labs(state_dir=None) -> List[LabSummary]:
+    """Every lab this host has a journal for, by name."""
+    directory = journals.state_dir(state_dir, create=False)
+    return [_summary(record, directory) for record in journals.all_journals(directory)]
+
+
+def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) -> Tuple[LabSummary, List[StepState]]:
+    """The lab called NAME (or the one lab whose own name is NAME) and the live state of each step."""
+    executor = executor or Executor()
+    directory = journals.state_dir(state_dir, create=False)
+    path = journals.find(directory, name)
+    if path is None:
+        up = ", ".join(record.name for record in journals.all_journals(directory)) or "none"
+        raise InputError(f"no lab called {name} is up (up: {up})")
+    record = journals.Journal.read(path)
+    done, found, started = record.done, record.found, set(record.started)
+    states = []
+    for step in record.steps():
+        if step.read_only:
+            state = READ_ONLY
+        elif step.index in found:
+            state = PRE_EXISTING
+        elif step.index in done or step.index in started:
+            live = executor.in_effect(step)
+            if step.index not in done:  # started, then the up was cut off: the kernel decides
+                state = IN_EFFECT if live else NOT_APPLIED
+            else:
+                state = MISSING if live is False else IN_EFFECT
+        else:
+            state = NOT_APPLIED
+        states.append(StepState(step.index, state, step.command, step.why))
+    return _summary(record, directory), states
