@@ -153,17 +153,24 @@ def test_round_trip_with_the_labs_checks(lab_factory, name):
 
 
 def test_failed_step_rolls_back_and_spares_what_was_there(lab_factory, sandbox_prefix):
-    """A namespace that already exists makes its step fail: earlier steps are undone, it is kept."""
+    """A namespace that already exists is the host's: its step is left alone (found). A link
+    of the same name inside it is a real conflict: that step fails, the earlier ones are
+    undone, and the namespace and its link are kept."""
     lab = lab_factory("egress-ingress")
-    squatter = lab.sandbox.netns("ns0")
+    squatter = lab.sandbox.wan
     sh("ip", "netns", "add", squatter, check=True)
+    for argv in (("ip", "link", "set", "lo", "up"), ("ip", "link", "add", "wan0", "type", "veth", "peer", "name", "x0")):
+        sh("ip", "netns", "exec", squatter, *argv, check=True)
     before = snapshot()
+    links_before = sh("ip", "netns", "exec", squatter, "ip", "-o", "link", "show").stdout
     result = lab.run("up")
-    failing = lab.step_of(f"ip netns add {squatter}")
+    failing = lab.step_of("ip link add ens3 type veth peer name wan0")
     assert result.returncode == 1
-    assert f"step {failing} failed: ip netns add {squatter}" in result.stderr
+    assert f"step {failing} failed: {lab.plan.steps[failing - 1].command}" in result.stderr
     assert "rolled back; the host is as it was" in result.stderr
+    assert f"+ ip netns add {squatter}\n  already in effect, left as it was" in result.stdout
     assert snapshot() == before and squatter in namespaces()
+    assert sh("ip", "netns", "exec", squatter, "ip", "-o", "link", "show").stdout == links_before
     assert not lab.journal.exists()
 
 

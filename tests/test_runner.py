@@ -1,0 +1,487 @@
+"""The runner, as root on the real kernel: `netlab up`, `down` and `status`.
+
+Every lab runs in sandbox mode, most with `--host-netns` on a namespace the
+test made (the harness plays the host, so its state can be snapshotted before
+and after). Faults are real failing commands: a wrapper directory first in
+PATH fails the one invocation whose argv is the chosen step's, before it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import netlab
+from conftest import namespaces, sh
+from kernel import changes, iptables_rules, netns_snapshot, settled, snapshot, star_lab
+
+pytestmark = pytest.mark.root
+TOOLS = ("ip", "iptables", "sysctl")
+
+
+def _steps(lab: str) -> int:
+    return len(netlab.make_plan(lab, sandbox="x", host_netns="x-h").steps)
+
+
+FAULTS = [(lab, k, total) for lab in ("egress-ingress", "bridge-3ns") for total in [_steps(lab)]
+          for k in range(1, total + 1)]
+
+
+class Netlab:
+    """The netlab CLI in a subprocess, with a private state directory and optional fault."""
+
+    def __init__(self, state_dir: Path, wrappers: Path):
+        self.state_dir = state_dir
+        self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir),
+                    "PATH": f"{wrappers}:{os.environ['PATH']}"}
+        self.env.pop("NETLAB_TEST_FAIL", None)
+
+    def fail(self, argv) -> None:
+        """Make the command ARGV (as run from the root namespace) fail, once per run, before it runs."""
+        self.env["NETLAB_TEST_FAIL"] = " ".join(argv)
+
+    def argv(self, *args):
+        return [sys.executable, "-m", "netlab", *map(str, args)]
+
+    def run(self, *args, timeout=300) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, env=self.env,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+
+    def ok(self, *args) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, f"netlab {args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+        return result.stdout
+
+    def start(self, *args) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def journal(self, name: str) -> Path:
+        return self.state_dir / f"{name}.journal"
+
+    def records(self, name: str, key: str) -> list:
+        path = self.journal(name)
+        if not path.exists():
+            return []
+        found = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if key in record:
+                found.append(record[key])
+        return found
+
+
+@pytest.fixture(scope="session")
+def wrappers(tmp_path_factory) -> Path:
+    """ip, iptables and sysctl wrappers: the call whose words equal $NETLAB_TEST_FAIL fails."""
+    directory = tmp_path_factory.mktemp("fault-wrappers")
+    for tool in TOOLS:
+        real = shutil.which(tool)
+        assert real, f"{tool} is not installed"
+        path = directory / tool
+        path.write_text(
+            "#!/bin/bash\n"
+            f'if [[ -n ${{NETLAB_TEST_FAIL:-}} && "{tool} $*" == "$NETLAB_TEST_FAIL" ]]; then\n'
+            f'  echo "injected failure: {tool} $*" >&2; exit 1\n'
+            "fi\n"
+            f'exec {real} "$@"\n'
+        )
+        path.chmod(0o755)
+    return directory
+
+
+@pytest.fixture
+def cli(state_dir, wrappers) -> Netlab:
+    return Netlab(state_dir, wrappers)
+
+
+@pytest.fixture
+def harness(sandbox_prefix):
+    """A namespace that netlab did not create, to play the host (--host-netns).
+
+    It is set up like any host, for two kernel facts no undo can reverse in a
+    pristine namespace: bringing a never-used lo up adds 127.0.0.1 and a qdisc
+    that taking it down does not remove, and iptables-nft creates a table (with
+    empty chains) on its first use, even by `iptables -C`. So lo is up, and the
+    filter and nat tables exist (setting a policy to ACCEPT creates them).
+    """
+    name = f"{sandbox_prefix}-h"
+    sh("ip", "netns", "add", name, check=True)
+    for argv in (("ip", "link", "set", "lo", "up"), ("iptables", "-P", "FORWARD", "ACCEPT"),
+                 ("iptables", "-t", "nat", "-P", "POSTROUTING", "ACCEPT")):
+        sh("ip", "netns", "exec", name, *argv, check=True)
+    return name
+
+
+def _plan(target, prefix, host_netns=None):
+    return netlab.make_plan(str(target), sandbox=prefix, host_netns=host_netns)
+
+
+# ------------------------------------------------------------ fault injection
+def _fault_target(step):
+    return ("ip", "netns", "exec", step.netns, *step.argv) if step.netns else step.argv
+
+
+@pytest.mark.parametrize("lab,k,total", FAULTS, ids=[f"{lab}-step{k:02d}of{total}" for lab, k, total in FAULTS])
+def test_a_failing_step_rolls_back_to_the_snapshot(cli, sandbox_prefix, harness, lab, k, total):
+    """The harness plays the host: its state before `up` is what a failed `up` must leave."""
+    plan = _plan(lab, sandbox_prefix, harness)
+    assert len(plan.steps) == total
+    step = plan.steps[k - 1]
+    before = snapshot(sandbox_prefix)
+    cli.fail(_fault_target(step))
+
+    result = cli.run("up", lab, "--sandbox", sandbox_prefix, "--host-netns", harness)
+
+    if step.netns == harness and step.argv == ("ip", "link", "set", "lo", "up"):
+        # the harness's lo is up, as on any host: the step is found in effect and never runs
+        assert result.returncode == 0, result.stderr
+        assert f"[{k}/{total}] already in effect, left as it was: {step.command}" in result.stdout
+        cli.ok("down", sandbox_prefix)
+    else:
+        assert result.returncode == 1, result.stdout + result.stderr
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"netlab: error: {sandbox_prefix}: step {k} of {total} failed: {step.command}: "
+                                f"injected failure"), error
+        assert error.endswith("rolled back: the host is as it was"), error
+    assert changes(before, snapshot(sandbox_prefix)) == []
+    assert not cli.journal(sandbox_prefix).exists()
+    assert cli.ok("down", sandbox_prefix).strip() == f"{sandbox_prefix} is not up; nothing to do"
+
+
+SANDBOX_FAULTS = [(lab, k, total) for lab in ("egress-ingress", "bridge-3ns")
+                  for total in [len(netlab.make_plan(lab, sandbox="x").steps)] for k in range(1, total + 1)]
+
+
+@pytest.mark.parametrize("lab,k,total", SANDBOX_FAULTS,
+                         ids=[f"{lab}-step{k:02d}of{total}" for lab, k, total in SANDBOX_FAULTS])
+def test_a_failing_step_in_a_sandbox_leaves_no_namespace(cli, sandbox_prefix, lab, k, total):
+    """The sandbox's own host namespace: every step runs (none is found in effect), so every one can fail."""
+    step = _plan(lab, sandbox_prefix).steps[k - 1]
+    cli.fail(_fault_target(step))
+    result = cli.run("up", lab, "--sandbox", sandbox_prefix)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"step {k} of {total} failed: {step.command}: injected failure" in result.stderr
+    assert result.stderr.strip().endswith("rolled back: the host is as it was")
+    assert snapshot(sandbox_prefix) == {}
+    assert not cli.journal(sandbox_prefix).exists()
+
+
+# ------------------------------------------------------------ crash
+@pytest.fixture(scope="module")
+def star50(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("labs") / "star50.yaml"
+    path.write_text(star_lab(50, "star50"))
+    return path
+
+
+def _wait_for_group_gone(pgid: int, timeout=30) -> None:
+    """Wait until no process is left in process group PGID (an orphaned `ip` finishing its step)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"process group {pgid} is still running"
+        time.sleep(0.01)
+
+
+def _kill_after(cli, name, process, started: int) -> int:
+    """SIGKILL PROCESS once its journal records STARTED steps; returns how many it had."""
+    deadline = time.monotonic() + 120
+    while len(cli.records(name, "start")) < started:
+        assert process.poll() is None, f"up ended before step {started}: {process.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    _wait_for_group_gone(process.pid)
+    return len(cli.records(name, "start"))
+
+
+@pytest.mark.parametrize("started", [1, 12, 100, 250, 400])
+def test_kill_9_during_up_then_down_restores_the_snapshot(cli, sandbox_prefix, harness, star50, started):
+    total = len(_plan(star50, sandbox_prefix, harness).steps)
+    assert started < total
+    before = snapshot(sandbox_prefix)
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    reached = _kill_after(cli, sandbox_prefix, process, started)
+    assert reached >= started and snapshot(sandbox_prefix) != before
+
+    status = json.loads(cli.run("status", "--json").stdout)["labs"]
+    assert [(lab["name"], lab["state"]) for lab in status] == [(sandbox_prefix, "partial")]
+    out = cli.ok("down", sandbox_prefix)
+    assert out.strip().splitlines()[-1].startswith(f"{sandbox_prefix} is down:")
+    assert changes(before, snapshot(sandbox_prefix)) == []
+    assert not cli.journal(sandbox_prefix).exists()
+
+
+def test_kill_9_during_down_then_down_again_converges(cli, sandbox_prefix, harness, star50):
+    before = snapshot(sandbox_prefix)
+    cli.ok("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    process = cli.start("down", sandbox_prefix)
+    time.sleep(0.5)  # part of the way through the undo
+    process.kill()
+    process.wait()
+    _wait_for_group_gone(process.pid)
+    cli.ok("down", sandbox_prefix)
+    assert changes(before, snapshot(sandbox_prefix)) == []
+
+
+def test_kill_9_then_up_again_goes_on_where_it_stopped(cli, sandbox_prefix, harness, star50):
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    _kill_after(cli, sandbox_prefix, process, 150)
+    out = cli.ok("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    assert f"{sandbox_prefix} is up:" in out
+    status = cli.run("status", sandbox_prefix, "--json")
+    assert status.returncode == 0, status.stdout
+    states = {step["command"]: step["state"] for step in json.loads(status.stdout)["steps"]}
+    assert {command for command, state in states.items() if state != "in effect"} == {
+        f"ip netns exec {harness} ip link set lo up"}  # the harness's lo was up already
+    cli.ok("down", sandbox_prefix)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_up_rolls_back(cli, sandbox_prefix, harness, star50, signum):
+    before = snapshot(sandbox_prefix)
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    deadline = time.monotonic() + 60
+    while len(cli.records(sandbox_prefix, "start")) < 60:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert "rolled back: the host is as it was" in stderr.splitlines()[-1]
+    assert changes(before, snapshot(sandbox_prefix)) == []
+    assert not cli.journal(sandbox_prefix).exists()
+
+
+# ------------------------------------------------------------ only what the lab did
+def _wait_until_up(netns: str, *links: str) -> None:
+    """Bring LINKS (the user's own) up with IPv6 off, and wait for their carrier, so
+    their state no longer changes with time (IPv6 autoconfiguration would)."""
+    for link in links:
+        sh("ip", "netns", "exec", netns, "sysctl", "-w", f"net.ipv6.conf.{link}.disable_ipv6=1", check=True)
+        sh("ip", "netns", "exec", netns, "ip", "link", "set", link, "up", check=True)
+    deadline = time.monotonic() + 10
+    while sh("ip", "netns", "exec", netns, "ip", "-br", "link", "show", "up").stdout.count(" UP ") < len(links):
+        assert time.monotonic() < deadline, f"{links} did not come up"
+        time.sleep(0.01)
+
+
+def test_pre_existing_state_is_left_byte_identical(cli, sandbox_prefix, harness):
+    lab_rule = ["iptables", "--append", "FORWARD", "--in-interface", "br0", "--jump", "ACCEPT"]
+    in_harness = ("ip", "netns", "exec", harness)
+    for argv in (lab_rule,
+                 ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"],
+                 ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.99.0.0/16", "-j", "MASQUERADE"],
+                 ["sysctl", "-w", "net.ipv4.ip_forward=1"],
+                 ["ip", "link", "add", "keep0", "type", "veth", "peer", "name", "keep1"],
+                 ["ip", "addr", "add", "192.0.2.77/24", "dev", "keep0"]):
+        sh(*in_harness, *argv, check=True)
+    _wait_until_up(harness, "keep0", "keep1")
+    before = netns_snapshot(harness)
+
+    cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)
+    rules = iptables_rules(harness).splitlines()
+    assert rules.count("-A FORWARD -i br0 -j ACCEPT") == 1, "the user's identical rule was doubled"
+    steps = json.loads(cli.run("status", sandbox_prefix, "--json").stdout)["steps"]
+    pre_existing = [step["command"] for step in steps if step["state"] == "pre-existing"]
+    assert pre_existing == [
+        f"ip netns exec {harness} ip link set lo up",
+        f"ip netns exec {harness} sysctl -w net.ipv4.ip_forward=1",
+        f"ip netns exec {harness} iptables --append FORWARD --in-interface br0 --jump ACCEPT",
+    ]
+    cli.ok("down", sandbox_prefix)
+
+    assert netns_snapshot(harness) == before
+    assert namespaces() == sorted([harness] + [n for n in namespaces() if not n.startswith(sandbox_prefix)])
+
+
+def test_a_sysctl_changed_since_up_is_left_with_a_warning(cli, sandbox_prefix, harness):
+    cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)
+    sh("ip", "netns", "exec", harness, "sysctl", "-w", "net.ipv4.ip_forward=0", check=True)
+    sh("ip", "netns", "exec", harness, "sysctl", "-w", "net.ipv4.ip_forward=1", check=True)  # someone else's 1
+    sh("ip", "netns", "exec", harness, "sysctl", "-w", "net.ipv4.conf.all.forwarding=1", check=True)
+    result = cli.run("down", sandbox_prefix)
+    assert result.returncode == 0, result.stderr
+    assert sh("ip", "netns", "exec", harness, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+
+    cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)
+    sh("ip", "netns", "exec", harness, "sysctl", "-w", "net.ipv4.ip_forward=0", check=True)
+    result = cli.run("down", sandbox_prefix)
+    assert result.returncode == 0, result.stderr
+    assert "net.ipv4.ip_forward no longer holds the lab's value (1); left as it is" in result.stderr
+
+
+# ------------------------------------------------------------ idempotence, lock, drift
+def test_up_twice_changes_nothing_and_a_changed_plan_is_refused(cli, sandbox_prefix, harness):
+    cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)
+    once = settled(snapshot(sandbox_prefix))
+    out = cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)
+    assert "is already up" in out and "nothing changed" in out
+    assert settled(snapshot(sandbox_prefix)) == once
+
+    changed = cli.run("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness,
+                      "--set", "public_ip=203.0.113.2")  # decided by the sandbox: bad input
+    assert changed.returncode == 2
+    other = cli.run("up", "bridge-3ns", "--sandbox", sandbox_prefix, "--host-netns", harness)
+    assert other.returncode == 1
+    assert other.stderr.strip() == (
+        f"netlab: error: {sandbox_prefix} is already up with another plan (lab egress-ingress, plan "
+        f"{_plan('egress-ingress', sandbox_prefix, harness).digest}, not "
+        f"{_plan('bridge-3ns', sandbox_prefix, harness).digest}); take it down first: netlab down {sandbox_prefix}")
+    assert settled(snapshot(sandbox_prefix)) == once
+    cli.ok("down", "egress-ingress")  # the lab's own name: the one lab of that name that is up
+    assert cli.ok("down", sandbox_prefix).strip() == f"{sandbox_prefix} is not up; nothing to do"
+
+
+def test_a_concurrent_up_of_the_same_lab_fails_at_once(cli, sandbox_prefix, harness, star50):
+    first = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    deadline = time.monotonic() + 60
+    while len(cli.records(sandbox_prefix, "start")) < 5:
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    began = time.monotonic()
+    second = cli.run("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, timeout=10)
+    waited = time.monotonic() - began
+    assert first.poll() is None, "the first up ended before the second one tried: the lab is too small"
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"netlab: error: {sandbox_prefix} is busy: another netlab up or down of it is running (pid {first.pid}); "
+        "wait for it, or check `netlab status`")
+    assert waited < 5  # "at once": it does not wait for the lock (a loose bound; tests assert no timings)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    cli.ok("down", sandbox_prefix)
+
+
+def test_different_labs_run_side_by_side(cli, sandbox_prefix, star50):
+    first = cli.start("up", star50, "--sandbox", f"{sandbox_prefix}a")
+    second = cli.run("up", "egress-ingress", "--sandbox", f"{sandbox_prefix}b")
+    assert second.returncode == 0, second.stderr
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    listed = json.loads(cli.ok("status", "--json"))["labs"]
+    assert sorted((lab["name"], lab["state"]) for lab in listed) == [
+        (f"{sandbox_prefix}a", "up"), (f"{sandbox_prefix}b", "up")]
+    cli.ok("down", f"{sandbox_prefix}a")
+    cli.ok("down", f"{sandbox_prefix}b")
+    assert cli.ok("status").strip() == "no labs are up"
+
+
+def test_status_shows_a_rule_deleted_by_hand_as_missing(cli, sandbox_prefix):
+    cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix)
+    plan = _plan("egress-ingress", sandbox_prefix)
+    masquerade = next(step for step in plan.steps if "MASQUERADE" in step.argv)
+    sh("ip", "netns", "exec", masquerade.netns, *masquerade.undo, check=True)
+
+    result = cli.run("status", sandbox_prefix, "--json")
+    assert result.returncode == 1
+    states = {step["index"]: step["state"] for step in json.loads(result.stdout)["steps"]}
+    assert states[masquerade.index] == "missing"
+    assert set(states.values()) == {"in effect", "missing"}
+    assert [k for k, state in states.items() if state == "missing"] == [masquerade.index]
+    text = cli.run("status", sandbox_prefix).stdout
+    assert f"{masquerade.index:4d}  missing       {masquerade.command}" in text
+    cli.ok("down", sandbox_prefix)  # the missing rule is no error
+    assert snapshot(sandbox_prefix) == {}
+
+
+# ------------------------------------------------------------ the script agrees
+@pytest.mark.parametrize("lab", ["egress-ingress", "bridge-3ns"])
+def test_the_exported_script_and_the_runner_build_the_same_lab(cli, sandbox_prefix, tmp_path, lab):
+    by_runner, by_script = f"{sandbox_prefix}r", f"{sandbox_prefix}s"
+    script = tmp_path / "lab.sh"
+    script.write_text(netlab.export_script(_plan(lab, by_script)))
+    cli.ok("up", lab, "--sandbox", by_runner)
+    run = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, env=cli.env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    try:
+        assert settled(snapshot(by_runner), by_runner) == settled(snapshot(by_script), by_script)
+    finally:
+        cli.ok("down", by_runner)
+        subprocess.run(["bash", str(script), "down"], capture_output=True, env=cli.env, timeout=120)
+    assert snapshot(by_runner) == {} and snapshot(by_script) == {}
+
+
+# ------------------------------------------------------------ the Python API and bad input
+def test_the_python_api_always_takes_the_lab_down(sandbox_prefix, state_dir):
+    with pytest.raises(RuntimeError, match="the test's own error"):
+        with netlab.up("egress-ingress", sandbox=sandbox_prefix, state_dir=state_dir) as lab:
+            assert lab.name == sandbox_prefix
+            assert lab.netns("ns0") == f"{sandbox_prefix}-ns0"
+            ping = lab.run("ns0", ["ping", "-n", "-c", "1", "-W", "2", "198.51.100.1"], check=False)
+            assert ping.ok, ping.stdout + ping.stderr
+            assert {step.state for step in lab.status()} == {"in effect"}
+            raise RuntimeError("the test's own error")
+    assert snapshot(sandbox_prefix) == {}
+    assert list(state_dir.iterdir()) == []
+
+
+def test_the_python_api_raises_step_failed_after_rolling_back(sandbox_prefix, harness, state_dir):
+    """A real conflict: the host already has a default route, so the sandbox's own fails."""
+    for argv in (("ip", "link", "add", "keep0", "type", "veth", "peer", "name", "keep1"),
+                 ("ip", "addr", "add", "192.0.2.77/24", "dev", "keep0")):
+        sh("ip", "netns", "exec", harness, *argv, check=True)
+    _wait_until_up(harness, "keep0", "keep1")
+    sh("ip", "netns", "exec", harness, "ip", "route", "add", "default", "via", "192.0.2.1", check=True)
+    before = snapshot(sandbox_prefix)
+    with pytest.raises(netlab.StepFailed) as failure:
+        netlab.up("egress-ingress", sandbox=sandbox_prefix, host_netns=harness, state_dir=state_dir)
+    assert failure.value.step.argv == ("ip", "route", "add", "default", "via", "203.0.113.1")
+    assert "File exists" in failure.value.result.stderr
+    assert str(failure.value).endswith("rolled back: the host is as it was")
+    assert changes(before, snapshot(sandbox_prefix)) == []
+    assert list(state_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (("up", "egress-ingress", "--sandbox", "{p}", "--host-netns", "{p}-absent"),
+     "--host-netns: there is no network namespace '{p}-absent' (see `ip netns list`)"),
+    (("up", "egress-ingress", "--host-netns", "bad/name"),
+     "--host-netns: 'bad/name' is not a valid namespace name"),
+    (("status", "{p}-nothing"), "no lab called {p}-nothing is up (up: none)"),
+])
+def test_bad_input_to_the_runner_is_one_line_and_exit_2(cli, sandbox_prefix, args, message):
+    result = cli.run(*(arg.format(p=sandbox_prefix) for arg in args))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith(f"netlab: error: {message.format(p=sandbox_prefix)}"), line
+    assert snapshot(sandbox_prefix) == {}
+
+
+def test_a_symlinked_state_dir_is_refused(cli, sandbox_prefix, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    cli.env["NETLAB_STATE_DIR"] = str(link)
+    result = cli.run("up", "egress-ingress", "--sandbox", sandbox_prefix)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"netlab: error: NETLAB_STATE_DIR: {link} is a symlink; refusing to keep journals there"
+    assert snapshot(sandbox_prefix) == {}
+
+
+def test_journal_and_state_dir_permissions(cli, sandbox_prefix):
+    cli.ok("up", "ns-basics", "--sandbox", sandbox_prefix)
+    assert cli.state_dir.stat().st_mode & 0o777 == 0o700
+    assert cli.journal(sandbox_prefix).stat().st_mode & 0o777 == 0o600
+    header = json.loads(cli.journal(sandbox_prefix).read_text().splitlines()[0])
+    assert header["lab"] == "ns-basics" and header["name"] == sandbox_prefix
+    assert header["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert isinstance(header["pid"], int) and len(header["digest"]) == 16
+    cli.ok("down", sandbox_prefix)
+    assert list(cli.state_dir.iterdir()) == []
