@@ -192,7 +192,7 @@ def down_command(name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP)
 
 @app.command("status")
 def status_command(
-    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help=NAME_HELP),
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help=NAME_HELP),
     as_json: bool = typer.Option(False, "--json", help="JSON, for scripts."),
 ):
     """List the labs that are up; with NAME, probe each of its steps in the live kernel.

@@ -98,6 +98,29 @@ def test_sandbox_prefix_names_every_namespace(capsys):
     assert {s["netns"] for s in steps} <= {None, "box7-host", "box7-wan", "box7-red-ns", "box7-blue-ns", "box7-green-ns"}
 
 
+def test_host_netns_puts_the_host_side_in_that_namespace(capsys):
+    _, out, _ = run(capsys, "plan", "egress-ingress", "--host-netns", "box-h", "--json")
+    steps = json.loads(out)["steps"]
+    assert {s["netns"] for s in steps} == {None, "box-h", "ns0"}
+    assert [s["argv"] for s in steps if s["netns"] is None] == [["ip", "netns", "add", "ns0"]]
+    _, out, _ = run(capsys, "plan", "egress-ingress", "--sandbox", "box", "--host-netns", "box-h", "--json")
+    steps = json.loads(out)["steps"]
+    created = [s["argv"][3] for s in steps if s["argv"][:3] == ["ip", "netns", "add"]]
+    assert created == ["box-wan", "box-ns0"]  # the host namespace is the caller's: never created
+    assert json.loads(out)["host_netns"] == "box-h"
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--host-netns", "a/b"), "--host-netns: 'a/b' is not a valid namespace name"),
+    (("--host-netns", "ns0"), "egress-ingress: --host-netns: 'ns0' is also a namespace the lab creates"),
+    (("--sandbox", "b", "--host-netns", "b-wan"), "egress-ingress: --host-netns: 'b-wan' is also a namespace the lab creates"),
+])
+def test_a_bad_host_netns_is_one_line_and_exit_2(capsys, args, message):
+    code, out, err = run(capsys, "plan", "egress-ingress", *args)
+    assert code == 2 and out == ""
+    assert err.splitlines()[0].startswith(f"netlab: error: {message}") and len(err.splitlines()) == 1
+
+
 def test_export_writes_an_executable_script(capsys, tmp_path):
     target = tmp_path / "lab.sh"
     code, out, err = run(capsys, "export", "egress-ingress", "--sandbox", "-o", str(target))
@@ -113,9 +136,9 @@ def test_export_to_stdout_is_the_script(capsys):
 
 
 def test_help_explains_every_command(capsys):
-    for command in ("labs", "show", "plan", "export"):
+    for command in ("labs", "show", "plan", "export", "up", "down", "status"):
         code, out, _ = run(capsys, command, "--help")
-        assert code == 0 and "Example: netlab" in out
+        assert code == 0 and ("Example: netlab" in out or "Example: sudo netlab" in out)
 
 
 def test_python_dash_m_and_version():

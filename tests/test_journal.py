@@ -1,0 +1,93 @@
+"""The journal and the lock, as pure file code: no root, no namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import netlab
+from netlab import journal
+from netlab.errors import InputError
+
+
+def _journal(directory, name="box1", lab="egress-ingress"):
+    plan = netlab.make_plan(lab, sandbox=name)
+    header = {"name": plan.name, "lab": plan.lab, "digest": plan.digest,
+              "steps": [step.to_dict() for step in plan.steps]}
+    return journal.Journal.create(journal.journal_path(directory, name), header)
+
+
+def test_records_are_read_back_and_a_torn_last_line_is_dropped(tmp_path):
+    record = _journal(tmp_path)
+    for event in ({"start": 1}, {"done": 1}, {"start": 2}, {"done": 2}, {"start": 3}, {"failed": 3},
+                  {"saved": 4, "value": "0"}, {"start": 4}):
+        record.append(**event)
+    record.close()
+    with open(record.path, "a") as handle:
+        handle.write('{"done": 4')  # kill -9 in the middle of a write
+    again = journal.Journal.read(record.path)
+    assert again.started == [1, 2, 3, 4]
+    assert again.done == {1, 2}
+    assert again.saved == {4: "0"}
+    assert again.to_undo() == [4, 2, 1]  # a failed step met something that was not the lab's
+    assert not again.complete and again.from_this_boot
+    assert [step.index for step in again.steps()] == list(range(1, 29))
+    assert again.header["pid"] == os.getpid()
+    assert oct(record.path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
+    path = tmp_path / "x.journal"
+    path.write_text("plan 1234\n")
+    with pytest.raises(netlab.NetlabError, match="is not a netlab journal"):
+        journal.Journal.read(path)
+    assert journal.all_journals(tmp_path) == []
+
+
+def test_find_takes_the_name_on_the_host_or_the_one_lab_of_that_name(tmp_path):
+    _journal(tmp_path, "box1").close()
+    assert journal.find(tmp_path, "box1").name == "box1.journal"
+    assert journal.find(tmp_path, "egress-ingress").name == "box1.journal"
+    assert journal.find(tmp_path, "bridge-3ns") is None
+    _journal(tmp_path, "box2").close()
+    with pytest.raises(InputError, match=r"2 labs of egress-ingress are up \(box1, box2\); name one of them"):
+        journal.find(tmp_path, "egress-ingress")
+
+
+def test_the_state_dir_is_made_0700_and_a_symlink_is_refused(tmp_path):
+    made = journal.state_dir(tmp_path / "a" / "state")
+    assert oct(made.stat().st_mode & 0o777) == "0o700"
+    (tmp_path / "link").symlink_to(made)
+    with pytest.raises(InputError, match="is a symlink; refusing to keep journals there"):
+        journal.state_dir(tmp_path / "link")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="is not a directory"):
+        journal.state_dir(tmp_path / "file")
+
+
+def test_a_second_lock_holder_fails_at_once_and_the_lock_file_goes(tmp_path):
+    with journal.Lock(tmp_path, "box1"):
+        assert (tmp_path / "box1.lock").read_text().strip() == str(os.getpid())
+        holder = journal.Lock(tmp_path, "box1")
+        assert holder.held_elsewhere()
+        other = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from netlab.journal import Lock\n"
+             "try:\n    Lock(Path(sys.argv[1]), 'box1').acquire()\nexcept Exception as e:\n    print(e)",
+             str(tmp_path)], capture_output=True, text=True, timeout=30)
+        assert other.stdout.strip() == (f"box1 is busy: another netlab up or down of it is running "
+                                        f"(pid {os.getpid()}); wait for it, or check `netlab status`")
+        with journal.Lock(tmp_path, "box2"):  # another lab is not held up
+            pass
+    assert not (tmp_path / "box1.lock").exists()
+    assert not journal.Lock(tmp_path, "box1").held_elsewhere()
+
+
+def test_the_journal_header_is_json_with_what_down_needs(tmp_path):
+    record = _journal(tmp_path)
+    header = json.loads(record.path.read_text().splitlines()[0])
+    assert {"netlab_journal", "pid", "boot_id", "created", "name", "lab", "digest", "steps"} <= set(header)
+    assert all({"argv", "undo", "probe", "netns"} <= set(step) for step in header["steps"])
