@@ -205,9 +205,7 @@ def status_command(
     Example: sudo netlab status nl-ei
     """
     from netlab import status
-    from netlab.runner import _require_root
 
-    _require_root("status")
     if name is None:
         labs = status.labs()
         if as_json:

@@ -9,13 +9,20 @@ read the live kernel the same way.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-from netlab.errors import CommandError, NetlabError
+from netlab.errors import CommandError, InputError, NetlabError
 from netlab.plan import SAVED, Probe, Step, in_netns
 
 COMMAND_TIMEOUT = 120  # seconds; no step of a lab comes near it
+
+
+def require_root(action: str) -> None:
+    """netlab ACTION works on network namespaces: refuse it, as bad input, without root."""
+    if os.geteuid() != 0:
+        raise InputError(f"netlab {action} works on network namespaces and needs root (try: sudo netlab {action} ...)")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Optional
 
 from netlab import journal as journals
 from netlab.errors import InputError, NetlabError
-from netlab.execute import Executor, Result
+from netlab.execute import Executor, Result, require_root
 from netlab.plan import Plan, Step
 
 
@@ -95,11 +95,6 @@ class _DeferredSignals:
             signal.signal(signum, handler)
 
 
-def _require_root(action: str) -> None:
-    if os.geteuid() != 0:
-        raise InputError(f"netlab {action} changes network namespaces and needs root (try: sudo netlab {action} ...)")
-
-
 def _header(plan: Plan) -> dict:
     return {
         "name": plan.name,
@@ -145,7 +140,7 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
     """Apply PLAN: every step in place, or (after a failure or a signal) none of them."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
-    _require_root("up")
+    require_root("up")
     directory = journals.state_dir(state_dir)
     if plan.host_netns and not executor.run(("ip", "netns", "pids", plan.host_netns)).ok:
         raise InputError(f"there is no network namespace {plan.host_netns!r} (see `ip netns list`)",
@@ -297,7 +292,7 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
     """Undo the lab called NAME on this host; a lab that is not up is nothing to do."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
-    _require_root("down")
+    require_root("down")
     directory = journals.state_dir(state_dir)
     path = journals.find(directory, name)
     if path is None:

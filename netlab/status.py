@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 from netlab import journal as journals
 from netlab.errors import InputError
-from netlab.execute import Executor
+from netlab.execute import Executor, require_root
 
 # A step's state on the live host.
 IN_EFFECT = "in effect"  # the lab did it and it holds
@@ -64,12 +64,14 @@ def _summary(record: journals.Journal, directory) -> LabSummary:
 
 def labs(state_dir=None) -> List[LabSummary]:
     """Every lab this host has a journal for, by name."""
+    require_root("status")
     directory = journals.state_dir(state_dir, create=False)
     return [_summary(record, directory) for record in journals.all_journals(directory)]
 
 
 def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) -> Tuple[LabSummary, List[StepState]]:
     """The lab called NAME (or the one lab whose own name is NAME) and the live state of each step."""
+    require_root("status")
     executor = executor or Executor()
     directory = journals.state_dir(state_dir, create=False)
     path = journals.find(directory, name)
