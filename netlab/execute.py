@@ -17,6 +17,7 @@ from netlab.errors import CommandError, InputError, NetlabError
 from netlab.plan import SAVED, Probe, Step, in_netns
 
 COMMAND_TIMEOUT = 120  # seconds; no step of a lab comes near it
+TIMED_OUT = 124  # the code of a command that did not answer in time: its effect is unknown
 
 
 def require_root(action: str) -> None:
@@ -69,12 +70,17 @@ class Executor:
             code, out, err = self._program(full[0]).run(full[1:], retcode=None, new_session=True,
                                                          timeout=COMMAND_TIMEOUT)
         except ProcessTimedOut:
-            return Result(full, 124, "", f"no answer after {COMMAND_TIMEOUT} s")
+            return Result(full, TIMED_OUT, "", f"no answer after {COMMAND_TIMEOUT} s")
         return Result(full, code, out, err)
 
-    def check(self, probe: Probe) -> bool:
-        """Whether a probe says its step is in effect."""
+    def check(self, probe: Probe) -> Optional[bool]:
+        """Whether a probe says its step is in effect; None when the probe itself could not
+        answer (a timeout, or iptables' exit code 4: a resource problem such as a held lock).
+        `ip`, `iptables -C` and `sysctl` exit 1 for "not there"; `ip netns exec` exits 255
+        when the namespace is gone, and so is everything that was in it."""
         result = self.run(probe.argv, probe.netns)
+        if result.code not in (0, 1, 255):
+            return None
         if probe.match == "status":
             return result.ok
         if probe.match == "output":
@@ -82,7 +88,7 @@ class Executor:
         return result.ok and result.stdout.strip() == probe.value
 
     def in_effect(self, step: Step) -> Optional[bool]:
-        """Whether STEP is in effect now; None for a step with no probe."""
+        """Whether STEP is in effect now; None for a step with no probe, or no answer."""
         return None if step.probe is None else self.check(step.probe)
 
     def run_step(self, step: Step) -> Result:

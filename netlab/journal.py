@@ -101,7 +101,7 @@ class Lock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._flock(fd)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 os.close(fd)
@@ -119,6 +119,18 @@ class Lock:
                 return self
             os.close(fd)
 
+    @staticmethod
+    def _flock(fd: int) -> None:
+        """Lock FD, or raise BlockingIOError. A few quick tries: `status` holds a shared
+        lock for an instant to see whether the lab is busy, which must not fail an `up`."""
+        for _ in range(9):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(0.01)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
     def release(self) -> None:
         if self._fd is None:
             return
@@ -130,7 +142,8 @@ class Lock:
         self._fd = None
 
     def held_elsewhere(self) -> bool:
-        """Whether another process holds the lock now (for `status`); takes nothing."""
+        """Whether another process holds the lock now (for `status`); holds a shared lock
+        for an instant to find out (`acquire` allows for that)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
@@ -162,12 +175,24 @@ class Journal:
     # ------------------------------------------------------------ creating, reading
     @classmethod
     def create(cls, path: Path, header: dict) -> "Journal":
+        """A new journal holding HEADER: written beside PATH, then linked into place, so
+        a crash never leaves a journal without its header."""
         header = {"netlab_journal": FORMAT, "pid": os.getpid(), "boot_id": boot_id(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **header}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        journal = cls(path, header, [], os.fdopen(fd, "a", encoding="utf-8"))
-        journal._write(header)
-        _fsync_directory(path.parent)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            journal = cls(path, header, [], os.fdopen(fd, "a", encoding="utf-8"))
+            journal._write(header)
+            os.link(temporary, path)
+            _fsync_directory(path.parent)
+        except OSError as error:
+            raise NetlabError(f"cannot write the journal {path}: {error.strerror or error}") from None
+        finally:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
         return journal
 
     @classmethod
@@ -192,8 +217,12 @@ class Journal:
         return cls(path, parsed[0], parsed[1:])
 
     def open_for_append(self) -> "Journal":
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
         self._handle = os.fdopen(fd, "a", encoding="utf-8")
+        if torn:  # end the torn line, or the next record would be glued to it and lost
+            self._handle.write("\n")
         return self
 
     def append(self, **record) -> None:
@@ -202,9 +231,12 @@ class Journal:
         self._write(record)
 
     def _write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as error:
+            raise NetlabError(f"cannot write the journal {self.path}: {error.strerror or error}") from None
 
     def close(self) -> None:
         if self._handle is not None:

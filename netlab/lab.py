@@ -49,7 +49,7 @@ class Lab:
         """Take the lab down (a lab that is not up is nothing to do)."""
         from netlab.runner import down
 
-        down(self.name, self.state_dir, self.reporter)
+        down(self.name, self.state_dir, self.reporter, exact=True)
         self.is_up = False
 
     def run(self, netns: str, argv: Sequence[str], check: bool = True) -> Result:
@@ -71,7 +71,8 @@ class Lab:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.down()
+        if self.is_up:
+            self.down()
 
 
 def up(target: str, *, sandbox: Optional[str] = None, host_netns: Optional[str] = None,

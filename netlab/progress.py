@@ -7,6 +7,7 @@ the output of read-only steps and warnings always get lines of their own.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 
@@ -25,16 +26,24 @@ class TerminalReporter(Reporter):
     def __exit__(self, *exc) -> None:
         self._clear()
 
+    def _write(self, text: str, stream=None) -> None:
+        """Write; a reader that went away (`netlab up | head`) must never stop a step or an undo."""
+        stream = stream or self.stream
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):
+            self.stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the reporter
+            self.tty = False
+
     def _clear(self) -> None:
         if self._pending:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
             self._pending = False
+            self._write("\r\x1b[K")
 
     def _line(self, text: str) -> None:
         self._clear()
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(text + "\n")
 
     def step(self, step, total, action) -> None:
         if action == "undo":
@@ -48,8 +57,7 @@ class TerminalReporter(Reporter):
             self._line(text)
             return
         self._clear()
-        self.stream.write(text[: max(shutil.get_terminal_size().columns - 1, 10)])
-        self.stream.flush()
+        self._write(text[: max(shutil.get_terminal_size().columns - 1, 10)])
         self._pending = True
 
     def output(self, step, text) -> None:
@@ -58,5 +66,8 @@ class TerminalReporter(Reporter):
 
     def warn(self, text) -> None:
         self._clear()
-        sys.stderr.write(f"netlab: {text}\n")
-        sys.stderr.flush()
+        try:
+            sys.stderr.write(f"netlab: {text}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass

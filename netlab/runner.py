@@ -5,7 +5,8 @@ interrupted `up` of the same plan. For each step: a step whose probe says it
 is already in effect was not made by the lab; it is recorded as found and
 never undone. Otherwise its old value is saved (sysctl), `start` is recorded,
 the step runs and `done` is recorded. A failing step, SIGINT or SIGTERM
-undoes the started steps in reverse and removes the journal.
+undoes the started steps in reverse; when all are undone, the journal is
+removed (otherwise it is kept for `down`).
 
 `down` undoes what the journal records, in reverse, each step only if its
 probe says it is still in effect, so an object already gone is no error and
@@ -23,7 +24,7 @@ from typing import Optional
 
 from netlab import journal as journals
 from netlab.errors import InputError, NetlabError
-from netlab.execute import Executor, Result, require_root
+from netlab.execute import TIMED_OUT, Executor, Result, require_root
 from netlab.plan import Plan, Step
 
 
@@ -168,6 +169,7 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
         with _DeferredSignals() as signals:
             try:
                 ran, found = _apply(plan, record, executor, reporter, signals)
+                record.append(up=True)
             except BaseException as error:
                 complete = _rollback(record, plan, executor, reporter)
                 if not isinstance(error, NetlabError):
@@ -176,7 +178,6 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
                          f"the rollback could not undo everything (above); run `netlab down {plan.name}`")
                 error.args = (f"{error}; {after}",)
                 raise
-        record.append(up=True)
         record.close()
     extra = f", {found} already in effect and left as they were" if found else ""
     return Outcome(plan.name, ran, found, f"{plan.name} is up: {ran} of {total} steps run{extra}")
@@ -221,7 +222,8 @@ def _apply(plan: Plan, record: journals.Journal, executor: Executor, reporter: R
         record.append(start=step.index)
         result = executor.run_step(step)
         if not result.ok:
-            record.append(failed=step.index)  # what it ran into was not the lab's: never undone
+            if result.code != TIMED_OUT:  # a step that timed out may have taken effect: its probe decides
+                record.append(failed=step.index)  # what it ran into was not the lab's: never undone
             raise _step_failed(plan, step, result)
         record.append(done=step.index)
         ran += 1
@@ -239,7 +241,10 @@ def _step_failed(plan: Plan, step: Step, result: Result) -> StepFailed:
 def _rollback(record: journals.Journal, plan: Plan, executor: Executor, reporter: Reporter) -> bool:
     """Undo what this `up` started, in reverse; True when everything is undone (journal removed)."""
     reporter.warn(f"{plan.name}: rolling back: undoing the steps done, in reverse")
-    record.append(rollback=True)
+    try:
+        record.append(rollback=True)
+    except NetlabError:
+        pass  # the journal cannot be written (a full disk): undo all the same
     _, _, failures = _undo_all(record, executor, reporter)
     if failures:
         record.close()
@@ -288,13 +293,18 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
 
 # ---------------------------------------------------------------- down
 def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
-         executor: Optional[Executor] = None) -> Outcome:
-    """Undo the lab called NAME on this host; a lab that is not up is nothing to do."""
+         executor: Optional[Executor] = None, exact: bool = False) -> Outcome:
+    """Undo the lab called NAME on this host (or, unless EXACT, the one lab whose own
+    name is NAME); a lab that is not up is nothing to do."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
     require_root("down")
     directory = journals.state_dir(state_dir)
-    path = journals.find(directory, name)
+    if exact:
+        path = journals.journal_path(directory, name)
+        path = path if path.exists() else None
+    else:
+        path = journals.find(directory, name)
     if path is None:
         return Outcome(name, 0, 0, f"{name} is not up; nothing to do")
     real_name = path.name[: -len(journals.SUFFIX)]

@@ -26,7 +26,7 @@ READ_ONLY = "read-only"  # shows something, changes nothing
 class LabSummary:
     name: str
     lab: str
-    state: str  # up, partial (an interrupted up), busy (an up or down running), failed
+    state: str  # up, partial (an interrupted up), busy (an up or down running), failed, stale
     steps: int
     applied: int
     pid: int
@@ -49,7 +49,9 @@ class StepState:
 
 
 def _summary(record: journals.Journal, directory) -> LabSummary:
-    if journals.Lock(directory, record.name).held_elsewhere():
+    if not record.from_this_boot:
+        state = "stale"  # written before the last reboot, which undid the lab; the next up or down drops it
+    elif journals.Lock(directory, record.name).held_elsewhere():
         state = "busy"
     elif record.complete:
         state = "up"

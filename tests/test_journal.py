@@ -40,6 +40,19 @@ def test_records_are_read_back_and_a_torn_last_line_is_dropped(tmp_path):
     assert oct(record.path.stat().st_mode & 0o777) == "0o600"
 
 
+def test_a_record_after_a_torn_line_is_not_lost(tmp_path):
+    record = _journal(tmp_path)
+    record.append(start=1)
+    record.close()
+    with open(record.path, "a") as handle:
+        handle.write('{"done": 1')
+    again = journal.Journal.read(record.path).open_for_append()
+    again.append(rollback=True)
+    again.close()
+    assert journal.Journal.read(record.path).has("rollback")
+    assert [p.name for p in tmp_path.iterdir()] == ["box1.journal"]  # no temporary file left by create
+
+
 def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
     path = tmp_path / "x.journal"
     path.write_text("plan 1234\n")
