@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +64,6 @@ def state_dir(path: Optional[os.PathLike] = None, create: bool = True) -> Path:
         info = os.lstat(directory)
     except FileNotFoundError:
         return directory
-    import stat
-
     if stat.S_ISLNK(info.st_mode):
         raise InputError(f"{directory} is a symlink; refusing to keep journals there", None, where)
     if not stat.S_ISDIR(info.st_mode):
@@ -101,7 +100,7 @@ class Lock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                self._flock(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 os.close(fd)
@@ -119,18 +118,6 @@ class Lock:
                 return self
             os.close(fd)
 
-    @staticmethod
-    def _flock(fd: int) -> None:
-        """Lock FD, or raise BlockingIOError. A few quick tries: `status` holds a shared
-        lock for an instant to see whether the lab is busy, which must not fail an `up`."""
-        for _ in range(9):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                time.sleep(0.01)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
     def release(self) -> None:
         if self._fd is None:
             return
@@ -142,19 +129,23 @@ class Lock:
         self._fd = None
 
     def held_elsewhere(self) -> bool:
-        """Whether another process holds the lock now (for `status`); holds a shared lock
-        for an instant to find out (`acquire` allows for that)."""
+        """Whether a live process holds the lock (for `status`). Reads the pid the holder
+        wrote, and takes no lock, so it can never make an `up` fail as busy. A lock file
+        left by a killed process names a dead pid."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+            with open(self.path, encoding="ascii", errors="replace") as handle:
+                pid = int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        if pid <= 0:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            os.kill(pid, 0)
+        except ProcessLookupError:
             return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        except PermissionError:
+            pass  # alive, and another user's
+        return True
 
     def __enter__(self) -> "Lock":
         return self.acquire()

@@ -34,9 +34,9 @@ class Lab:
 
     def netns(self, name: str) -> Optional[str]:
         """The real name of the lab's namespace NAME; `host` is the host side (None: the root namespace)."""
-        if name == "host":
-            return self.plan.sandbox.host if self.plan.sandbox else self.plan.host_netns
-        return self.plan.netns(name)
+        if name == "host" and self.plan.sandbox is None:
+            return self.plan.host_netns
+        return self.plan.netns(name)  # a sandbox maps `host` to its host namespace itself
 
     def up(self) -> "Lab":
         from netlab.runner import up

@@ -167,7 +167,7 @@ def make_plan(target: str, sandbox: Optional[str] = None, host_netns: Optional[s
     from netlab.source import load
 
     topology = load(target, params, sandbox=sandbox is not None)
-    box = None if sandbox is None else Sandbox.create(sandbox, topology.name, topology.namespaces, host_netns)
+    box = None if sandbox is None else Sandbox.create(sandbox, topology.name, topology.namespaces)
     return build_plan(topology, box, host_netns)
 
 

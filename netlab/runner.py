@@ -105,22 +105,8 @@ def _header(plan: Plan) -> dict:
         "sandbox": plan.sandbox.prefix if plan.sandbox else None,
         "host_netns": plan.host_netns,
         "params": dict(plan.params),
-        "namespaces": _lab_namespaces(plan),
         "steps": [step.to_dict() for step in plan.steps],
     }
-
-
-def _lab_namespaces(plan: Plan) -> dict:
-    """Each namespace the lab names, with its real name on the host (for `exec`)."""
-    names = {}
-    for step in plan.steps:
-        if step.argv[:3] == ("ip", "netns", "add"):
-            real = step.argv[3]
-            short = real[len(plan.sandbox.prefix) + 1:] if plan.sandbox else real
-            names[short] = real
-    if plan.host_netns or plan.sandbox:
-        names["host"] = plan.sandbox.host if plan.sandbox else plan.host_netns
-    return names
 
 
 def _current(path: Path, reporter: Reporter) -> Optional[journals.Journal]:

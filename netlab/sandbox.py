@@ -52,7 +52,7 @@ class Sandbox:
         return self.host if name == "host" else f"{self.prefix}-{name}"
 
     @classmethod
-    def create(cls, prefix: str, lab_name: str, namespaces=(), host_netns: Optional[str] = None) -> "Sandbox":
+    def create(cls, prefix: str, lab_name: str, namespaces=()) -> "Sandbox":
         """A sandbox with PREFIX, or the lab's default prefix when PREFIX is empty."""
         prefix = prefix or default_prefix(lab_name)
         if not _PREFIX_RE.fullmatch(prefix):
@@ -61,7 +61,7 @@ class Sandbox:
                 None,
                 "--sandbox",
             )
-        sandbox = cls(prefix, host_netns=host_netns)
+        sandbox = cls(prefix)
         for name in ("wan", *namespaces):
             if len(sandbox.netns(name)) > 64:
                 raise InputError(f"{sandbox.netns(name)!r} is longer than 64 characters", None, "--sandbox")

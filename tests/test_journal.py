@@ -97,6 +97,11 @@ def test_a_second_lock_holder_fails_at_once_and_the_lock_file_goes(tmp_path):
             pass
     assert not (tmp_path / "box1.lock").exists()
     assert not journal.Lock(tmp_path, "box1").held_elsewhere()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "box1.lock").write_text(gone.stdout)  # left by a process killed with SIGKILL
+    assert not journal.Lock(tmp_path, "box1").held_elsewhere()
+    with journal.Lock(tmp_path, "box1"):  # a stale lock file is taken over
+        assert (tmp_path / "box1.lock").read_text().strip() == str(os.getpid())
 
 
 def test_the_journal_header_is_json_with_what_down_needs(tmp_path):

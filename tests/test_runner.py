@@ -308,7 +308,7 @@ def test_pre_existing_state_is_left_byte_identical(cli, sandbox_prefix, harness)
     cli.ok("down", sandbox_prefix)
 
     assert netns_snapshot(harness) == before
-    assert namespaces() == sorted([harness] + [n for n in namespaces() if not n.startswith(sandbox_prefix)])
+    assert [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-")] == [harness]
 
 
 def test_a_sysctl_changed_since_up_is_left_with_a_warning(cli, sandbox_prefix, harness):
@@ -370,8 +370,13 @@ def test_a_concurrent_up_of_the_same_lab_fails_at_once(cli, sandbox_prefix, harn
 
 def test_different_labs_run_side_by_side(cli, sandbox_prefix, star50):
     first = cli.start("up", star50, "--sandbox", f"{sandbox_prefix}a")
+    deadline = time.monotonic() + 60
+    while not cli.records(f"{sandbox_prefix}a", "start"):  # the first holds its lock
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
     second = cli.run("up", "egress-ingress", "--sandbox", f"{sandbox_prefix}b")
     assert second.returncode == 0, second.stderr
+    assert first.poll() is None, "the first up ended before the second ran: they did not overlap"
     assert first.wait(timeout=120) == 0, first.stderr.read()
     listed = json.loads(cli.ok("status", "--json"))["labs"]
     assert sorted((lab["name"], lab["state"]) for lab in listed) == [
