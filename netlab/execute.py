@@ -10,6 +10,7 @@ read the live kernel the same way.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -41,6 +42,14 @@ class Result:
         return CommandError(self.argv, self.code, self.stdout, self.stderr)
 
 
+def _own_program(argv: Sequence[str]) -> Tuple[str, ...]:
+    """A step's `netlab ...` (a lab service) runs with this very interpreter, so it needs
+    no `netlab` on PATH, in the namespace or out of it."""
+    if argv and argv[0] == "netlab":
+        return (sys.executable, "-m", "netlab", *argv[1:])
+    return tuple(argv)
+
+
 class Executor:
     """Runs argv lists on a plumbum machine (the local one unless told otherwise)."""
 
@@ -66,9 +75,10 @@ class Executor:
         from plumbum import ProcessTimedOut
 
         full = in_netns(netns, argv)
+        runnable = in_netns(netns, _own_program(argv))
         try:
-            code, out, err = self._program(full[0]).run(full[1:], retcode=None, new_session=True,
-                                                         timeout=COMMAND_TIMEOUT)
+            code, out, err = self._program(runnable[0]).run(runnable[1:], retcode=None, new_session=True,
+                                                            timeout=COMMAND_TIMEOUT)
         except ProcessTimedOut:
             return Result(full, TIMED_OUT, "", f"no answer after {COMMAND_TIMEOUT} s")
         return Result(full, code, out, err)

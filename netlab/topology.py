@@ -19,6 +19,7 @@ from netlab.errors import InputError
 
 HOST = "host"
 INTERNET = "internet"
+ANY_ADDRESS = ipaddress.IPv4Address("0.0.0.0")  # a service listening on every address of its side
 
 _IFACE_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
@@ -119,6 +120,16 @@ class Dnat(Item):
 
 
 @dataclass(frozen=True)
+class Service(Item):
+    """The documents' hello-world HTTP server, listening on ADDRESS:PORT while the lab is up."""
+
+    kind: ClassVar[str] = "service"
+    name: str
+    address: ipaddress.IPv4Address  # 0.0.0.0, or an address the side has
+    port: int
+
+
+@dataclass(frozen=True)
 class Show(Item):
     """A read-only inspection command of the documents (`ip netns list`)."""
 
@@ -176,6 +187,7 @@ def _named(pattern: re.Pattern, what: str, limit: int) -> Callable[[Any], str]:
 iface_name = _named(_IFACE_RE, "interface name", 15)
 netns_name = _named(_NAME_RE, "namespace name", 64)
 lab_name = _named(_NAME_RE, "lab name", 64)
+service_name = _named(_NAME_RE, "service name", 64)
 
 
 def ipv4_address(value: Any) -> ipaddress.IPv4Address:
@@ -331,6 +343,14 @@ _SCHEMA: Dict[str, Tuple[type, Dict[str, Tuple[str, Callable, Any]]]] = {
             "chain": ("chain", one_of("PREROUTING", "OUTPUT"), "PREROUTING"),
         },
     ),
+    "service": (
+        Service,
+        {
+            "service": ("name", service_name, REQUIRED),
+            "address": ("address", ipv4_address, REQUIRED),
+            "port": ("port", port, REQUIRED),
+        },
+    ),
     "show": (Show, {"show": ("what", one_of("netns", "links", "nat"), REQUIRED)}),
 }
 _COMMON = {"netns": ("netns", netns_name, None), "why": ("why", explanation, None)}
@@ -427,6 +447,8 @@ def _kind_of(fail, where: str, raw: Any, kinds) -> str:
     found = [key for key in raw if key in kinds]
     if len(found) > 1 and "netns" in found:
         found.remove("netns")  # `netns` is a kind and also says where any other step runs
+    if len(found) > 1 and kinds is _SCHEMA:  # a kind that is also another kind's key (a service's `address`)
+        found = [key for key in found if not any(key in _SCHEMA[other][1] for other in found if other != key)]
     if not found:
         unknown = ", ".join(str(key) for key in raw) or "none"
         raise fail(where, f"has no kind key (its keys: {unknown}; a step is one of: {', '.join(kinds)})")
@@ -568,6 +590,21 @@ def _check_references(fail, topology: Topology) -> None:
             world.once(fail, where, f"{where}.route", ("route", item.netns, str(item.destination)), str(item.destination))
         elif isinstance(item, Show):
             pass
+        elif isinstance(item, Service):
+            if item.address != ANY_ADDRESS and not any(item.address == a.ip for a in world.addresses[item.netns]):
+                side = f"namespace {item.netns!r}" if item.netns else "the host"
+                raise fail(f"{where}.address", f"{item.address} is not an address {side} has at this step "
+                                               "(0.0.0.0, or one an earlier address step gives it)")
+            if ("service", item.name) in world.seen:
+                raise fail(f"{where}.service", f"{item.name!r} again: {world.seen['service', item.name]} "
+                                               "already is a service of that name")
+            world.seen["service", item.name] = where
+            for key, other in world.seen.items():  # one listener per address and port; 0.0.0.0 is all of them
+                if key[:3] == ("listen", item.netns, item.port) and (
+                        key[3] == item.address or ANY_ADDRESS in (key[3], item.address)):
+                    raise fail(f"{where}.port", f"{item.address}:{item.port} again: {other} already listens "
+                                                f"on {key[3]}:{item.port} on that side")
+            world.seen["listen", item.netns, item.port, item.address] = where
         elif isinstance(item, Sysctl):
             world.once(fail, where, f"{where}.sysctl", ("sysctl", item.netns, item.key), item.key)
         else:  # iptables rules: the same rule twice is a mistake

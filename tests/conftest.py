@@ -29,6 +29,21 @@ def namespaces() -> list:
     return sorted(line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line.strip())
 
 
+def serve_processes(address: str) -> list:
+    """The pids of the processes, in any namespace, whose command line has the words `serve`
+    and ADDRESS: a `netlab serve` left running (read from /proc, independently of netlab)."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().decode(errors="replace").split("\0")
+        except OSError:  # not a process, or gone
+            continue
+        if "serve" in argv and address in argv and int(entry) != os.getpid():
+            pids.append(int(entry))
+    return pids
+
+
 def _netns_capable() -> str:
     """Empty when this process can make namespaces; otherwise why not."""
     if os.geteuid() != 0:

@@ -1,8 +1,9 @@
 """End to end, as root, on the real kernel: exported scripts run with bash in sandboxes.
 
-Real ip, iptables and ping, a real HTTP server in a lab namespace and a real
-client on the other side. Nothing here touches the root namespace: every lab
-is built in a sandbox whose namespaces start with the test run's prefix.
+Real ip, iptables and ping, a real HTTP server in a lab namespace (the lab's
+own service, `netlab serve`) and a real client on the other side. Nothing here
+touches the root namespace: every lab is built in a sandbox whose namespaces
+start with the test run's prefix.
 """
 
 from __future__ import annotations
@@ -12,19 +13,15 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import pytest
 
 import netlab
-from conftest import namespaces, sh
+from conftest import namespaces, serve_processes, sh
 from test_golden import LABS
 
 pytestmark = pytest.mark.root
-HELLO = Path(__file__).resolve().parent.parent / "scripts" / "hello_server.py"
-# where each lab's ingress server runs, for its http checks (a later issue makes these lab services)
-SERVERS = {"egress-ingress": ("ns0", "192.168.0.2", 3000), "process-comm": ("red-ns", "192.168.0.1", 3000)}
+HELLO = "Hello, World! :)"
 
 
 class Lab:
@@ -36,7 +33,9 @@ class Lab:
         self.plan = netlab.build_plan(self.topology, self.sandbox)
         self.script = tmp_path / f"{name}.sh"
         self.script.write_text(netlab.export_script(self.plan))
-        self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir)}
+        # a lab service's step runs `netlab serve`: this interpreter's netlab comes first in PATH
+        path = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir), "PATH": path}
         self.journal = state_dir / f"{prefix}.script"
 
     def run(self, *args) -> subprocess.CompletedProcess:
@@ -64,20 +63,9 @@ class Lab:
         result = sh("ip", "netns", "exec", self.ns(source), sys.executable, "-c", code)
         return result.stdout.strip() if result.returncode == 0 else None
 
-    @contextmanager
-    def server(self, netns: str, address: str, port: int):
-        process = subprocess.Popen(["ip", "netns", "exec", self.ns(netns), sys.executable, str(HELLO), address, str(port)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 15
-            while f"{address}:{port}" not in sh("ip", "netns", "exec", self.ns(netns), "ss", "-ltnH").stdout:
-                assert process.poll() is None, process.stderr.read().decode()
-                assert time.monotonic() < deadline, "the hello server did not start listening"
-                time.sleep(0.05)
-            yield
-        finally:
-            process.kill()
-            process.wait()
+    def serve(self, netns: str, *args) -> subprocess.CompletedProcess:
+        """`netlab serve ARGS` in the lab's namespace NETNS, as the lab's service step runs it."""
+        return sh("ip", "netns", "exec", self.ns(netns), sys.executable, "-m", "netlab", "serve", *args)
 
 
 def snapshot() -> dict:
@@ -101,16 +89,22 @@ def lab_factory(sandbox_prefix, state_dir, tmp_path):
 
 
 def test_egress_and_ingress_work_because_of_masquerade_and_dnat(lab_factory):
-    """Lab 4's story: the ping and the ingress fetch fail until their rule, then work."""
-    before = snapshot()
+    """Lab 4's story: the ping and the ingress fetches fail until their rule, then work.
+
+    The lab's server is its last step; to show what each rule does, the same
+    server runs from the start, by hand, and the lab's own step takes over at
+    the end."""
+    before, others = snapshot(), set(serve_processes("192.168.0.2"))  # others: not this test's
     lab = lab_factory("egress-ingress")
     internet, public = "198.51.100.1", "203.0.113.2"
-    masquerade, dnat = lab.step_of("MASQUERADE"), lab.step_of("DNAT")
-    assert masquerade < dnat == len(lab.plan.steps)
+    masquerade, dnat = lab.step_of("MASQUERADE"), lab.step_of("-A PREROUTING")
+    dnat_output, service = lab.step_of("-A OUTPUT"), lab.step_of("netlab serve")
+    assert masquerade < dnat < dnat_output < service == len(lab.plan.steps)
 
     lab.ok("up", "--to", str(masquerade - 1))
-    with lab.server("ns0", "192.168.0.2", 3000):
-        assert lab.http("host", "192.168.0.2", 3000) == "Hello, World! :)"  # the server itself is fine
+    assert lab.serve("ns0", "--background", "192.168.0.2", "3000").returncode == 0
+    try:
+        assert lab.http("host", "192.168.0.2", 3000) == HELLO  # the server itself is fine
         assert not lab.ping("ns0", internet), "egress works before MASQUERADE: the test proves nothing"
         assert lab.http("internet", public, 3000) is None
 
@@ -118,37 +112,54 @@ def test_egress_and_ingress_work_because_of_masquerade_and_dnat(lab_factory):
         assert lab.ping("ns0", internet), "MASQUERADE did not make egress work"
         assert lab.http("internet", public, 3000) is None, "ingress works before DNAT"
 
-        lab.ok("up")
+        lab.ok("up", "--to", str(dnat))
         assert lab.ping("ns0", internet)
-        assert lab.http("internet", public, 3000) == "Hello, World! :)"
+        assert lab.http("internet", public, 3000) == HELLO
+        assert lab.http("host", public, 3000) is None, "the host reaches its own public address without nat OUTPUT"
+
+        lab.ok("up", "--to", str(dnat_output))
+        assert lab.http("host", public, 3000) == HELLO, "the OUTPUT DNAT (erratum 4) did not serve the host"
+    finally:
+        assert lab.serve("ns0", "--stop", "192.168.0.2", "3000").returncode == 0
+    assert lab.http("host", "192.168.0.2", 3000) is None
+
+    out = lab.ok("up")  # the lab's own service now
+    assert f"+ ip netns exec {lab.ns('ns0')} netlab serve --background 192.168.0.2 3000" in out
+    assert lab.http("internet", public, 3000) == HELLO and lab.http("host", public, 3000) == HELLO
+    server = set(serve_processes("192.168.0.2")) - others
+    assert server, "no netlab serve process runs the lab's server"
 
     rules = sh("ip", "netns", "exec", lab.sandbox.host, "iptables-save", "-t", "nat").stdout
     assert "-A POSTROUTING -s 192.168.0.0/16 ! -o br0 -j MASQUERADE" in rules
     lab.ok("down")
     assert snapshot() == before
     assert not lab.journal.exists()
+    assert not server & set(serve_processes("192.168.0.2")), "down left the lab's server running"
 
 
 @pytest.mark.parametrize("name", LABS)
 def test_round_trip_with_the_labs_checks(lab_factory, name):
     before = snapshot()
     lab = lab_factory(name)
+    services = [step.argv[3] for step in lab.plan.steps if step.argv[:3] == ("netlab", "serve", "--background")]
+    others = {pid for address in services for pid in serve_processes(address)}  # not this test's
     out = lab.ok("up")
     assert out.rstrip().endswith(f"is up: {len(lab.plan.steps)} steps")
     created = {step.argv[3] for step in lab.plan.steps if step.argv[:3] == ("ip", "netns", "add")}
     assert created <= set(namespaces())
 
-    server = SERVERS.get(name)
-    with (lab.server(*server) if server else nullcontext()):
-        for check in lab.topology.checks:
-            if check.kind == "ping":
-                assert lab.ping(check.source, check.address), f"{name}: {check}"
-            else:
-                assert lab.http(check.source, check.address, check.port) == "Hello, World! :)", f"{name}: {check}"
+    for check in lab.topology.checks:  # an http check's server is the lab's own service
+        if check.kind == "ping":
+            assert lab.ping(check.source, check.address), f"{name}: {check}"
+        else:
+            assert lab.http(check.source, check.address, check.port) == HELLO, f"{name}: {check}"
     assert "already done; nothing changed" in lab.ok("up")
 
+    servers = {pid for address in services for pid in serve_processes(address)} - others
+    assert len(servers) == len(services), f"{name}: a service's server is not running"
     lab.ok("down")
     assert snapshot() == before
+    assert not servers & {pid for address in services for pid in serve_processes(address)}, "down left a server"
     assert "is down" in lab.ok("down"), "a second down must succeed"
 
 

@@ -80,4 +80,15 @@ def test_script_header_names_lab_version_and_checks():
     assert lines[0] == "#!/usr/bin/env bash"
     assert f"netlab {netlab.__version__}" in lines[2] and "lab egress-ingress" in lines[2]
     assert "set -euo pipefail" in lines
-    assert "readonly TOOLS=(ip iptables sysctl)" in lines
+    assert "readonly TOOLS=(ip iptables netlab ss sysctl)" in lines
+
+
+def test_script_checks_for_netlab_only_when_a_step_runs_it():
+    """A lab service's step runs `netlab serve`: its script looks for netlab before anything changes."""
+    serving = netlab.export_script(plan_of("process-comm", sandbox=True))
+    check = [line for line in serving.splitlines() if "command -v netlab" in line]
+    assert len(check) == 1 and "exit 2" in check[0] and "step 21 runs it" in check[0]
+    # in require_host, which up runs before it takes the lock or runs a step
+    assert serving.index("require_host() {") < serving.index(check[0]) < serving.index("  local tool")
+    plain = netlab.export_script(plan_of("bridge-3ns", sandbox=True))
+    assert "netlab serve" not in plain and "command -v netlab" not in plain

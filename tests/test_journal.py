@@ -35,7 +35,8 @@ def test_records_are_read_back_and_a_torn_last_line_is_dropped(tmp_path):
     assert again.saved == {4: "0"}
     assert again.to_undo() == [4, 2, 1]  # a failed step met something that was not the lab's
     assert not again.complete and again.from_this_boot
-    assert [step.index for step in again.steps()] == list(range(1, 29))
+    total = len(netlab.make_plan("egress-ingress", sandbox="box1").steps)
+    assert [step.index for step in again.steps()] == list(range(1, total + 1))
     assert again.header["pid"] == os.getpid()
     assert oct(record.path.stat().st_mode & 0o777) == "0o600"
 

@@ -40,8 +40,8 @@ class Netlab:
 
     def __init__(self, state_dir: Path, wrappers: Path):
         self.state_dir = state_dir
-        self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir),
-                    "PATH": f"{wrappers}:{os.environ['PATH']}"}
+        self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir),  # netlab on PATH for a script's services
+                    "PATH": f"{wrappers}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
         self.env.pop("NETLAB_TEST_FAIL", None)
 
     def fail(self, argv) -> None:
@@ -130,7 +130,9 @@ def _plan(target, prefix, host_netns=None):
 
 # ------------------------------------------------------------ fault injection
 def _fault_target(step):
-    return ("ip", "netns", "exec", step.netns, *step.argv) if step.netns else step.argv
+    """The argv the `ip` wrapper sees for STEP (a lab service's `netlab` runs as this interpreter)."""
+    argv = (sys.executable, "-m", *step.argv) if step.argv[0] == "netlab" else step.argv
+    return ("ip", "netns", "exec", step.netns, *argv) if step.netns else argv
 
 
 @pytest.mark.parametrize("lab,k,total", FAULTS, ids=[f"{lab}-step{k:02d}of{total}" for lab, k, total in FAULTS])
@@ -218,7 +220,9 @@ def test_kill_9_during_up_then_down_restores_the_snapshot(cli, sandbox_prefix, h
     before = snapshot(sandbox_prefix)
     process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
     reached = _kill_after(cli, sandbox_prefix, process, started)
-    assert reached >= started and snapshot(sandbox_prefix) != before
+    assert reached >= started
+    if cli.records(sandbox_prefix, "done"):  # a kill right after the first start may beat its `ip`
+        assert snapshot(sandbox_prefix) != before
 
     status = json.loads(cli.run("status", "--json").stdout)["labs"]
     assert [(lab["name"], lab["state"]) for lab in status] == [(sandbox_prefix, "partial")]

@@ -1,0 +1,200 @@
+"""The lab service: the documents' hello-world HTTP server, started and stopped by ADDRESS:PORT.
+
+A lab's `service` step runs `netlab serve --background ADDRESS PORT` in its
+namespace and is undone by `netlab serve --stop ADDRESS PORT` there. The
+server answers every GET with "Hello, World! :)", as the documents' Flask app
+on port 3000 does. It is a socketserver.TCPServer, not http.server's
+HTTPServer, which looks up its own name (getfqdn) between bind and listen and
+hangs in a namespace with no resolver; the handler logs nothing and never
+looks up a client's name. Each connection gets a thread of its own.
+
+`--background` binds and listens in the calling process, so a bad address or
+a port in use is reported there (one line, non-zero exit), and only then forks
+a detached child (its own session, stdin/stdout/stderr on /dev/null, no other
+inherited descriptor) that serves; the caller returns at once, and the port is
+listening when it does.
+
+`stop` finds the listening socket on exactly ADDRESS:PORT in the caller's
+network namespace (/proc/net/tcp shows the caller's), the processes that hold
+it (/proc/PID/fd), and ends only those that are netlab serve processes: a
+server of the user's own on that port is never touched. Nothing listening is
+success, as any undo of something already gone.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import socketserver
+import struct
+import time
+from typing import List, Tuple
+
+BODY = b"Hello, World! :)"
+STOP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
+_LISTEN = "0A"  # the TCP_LISTEN state in /proc/net/tcp
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with BODY; logs nothing."""
+
+    timeout = 10  # seconds: a client that connects and says nothing is dropped
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def address_string(self) -> str:
+        return self.client_address[0]  # never a reverse lookup
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """One thread per connection, so an idle client holds up no one (a tcp check, a port scan)."""
+
+    allow_reuse_address = True
+    request_queue_size = 128
+    daemon_threads = True
+    block_on_close = False
+
+
+def listen(address: str, port: int) -> Server:
+    """Bind ADDRESS:PORT and listen; an OSError (say, EADDRNOTAVAIL) if that cannot be done."""
+    return Server((address, port), Hello)
+
+
+def serve(address: str, port: int) -> None:
+    """Serve in the foreground until killed."""
+    with listen(address, port) as server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+def start_background(address: str, port: int) -> int:
+    """Listen on ADDRESS:PORT here, then serve from a detached child; returns the child's pid.
+
+    Raises OSError, before any fork, when the address cannot be bound. The
+    child never returns: it serves until it is stopped.
+    """
+    server = listen(address, port)
+    pid = os.fork()
+    if pid:
+        server.socket.close()  # the child holds the listening socket now
+        return pid
+    try:  # the child: detach from the caller, who waits for EOF on its pipes
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        keep = server.socket.fileno()
+        os.closerange(3, keep)  # e.g. an exported script's lock on fd 9
+        os.closerange(keep + 1, _max_fd())
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        server.serve_forever()
+    finally:
+        os._exit(0)
+
+
+def _max_fd() -> int:
+    try:
+        return max(os.sysconf("SC_OPEN_MAX"), 1024)
+    except (ValueError, OSError):
+        return 1024
+
+
+# ------------------------------------------------------------------ stop
+def listening_inodes(address: str, port: int, table: str = "/proc/net/tcp") -> List[int]:
+    """The inodes of the sockets listening on exactly ADDRESS:PORT in this network namespace."""
+    wanted = (socket.inet_aton(address), port)
+    inodes = []
+    with open(table, encoding="ascii") as handle:
+        next(handle)  # the header
+        for line in handle:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _LISTEN:
+                continue
+            host, _, port_hex = fields[1].partition(":")
+            # the address is the in-memory (network order) word printed as a native integer
+            if (struct.pack("=I", int(host, 16)), int(port_hex, 16)) == wanted and fields[9] != "0":
+                inodes.append(int(fields[9]))
+    return inodes
+
+
+def holders(inodes, pids=None) -> List[int]:
+    """The pids (of PIDS, or of every process) that have one of the socket INODES open."""
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    if not targets:
+        return []
+    if pids is None:
+        pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    found = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
+                    found.append(pid)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def command_line(pid: int) -> Tuple[str, ...]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return ()
+    return tuple(word.decode(errors="replace") for word in raw.split(b"\0") if word)
+
+
+def is_netlab_serve(argv) -> bool:
+    """Whether a command line is netlab's server: `PATH/netlab serve ...` (the console
+    script) or `python -m netlab serve ...`."""
+    argv = list(argv)
+    return any(os.path.basename(word) == "netlab" and argv[i + 1:i + 2] == ["serve"] for i, word in enumerate(argv))
+
+
+def _alive_holders(pids, address: str, port: int) -> List[int]:
+    return holders(listening_inodes(address, port), pids) if pids else []
+
+
+def stop(address: str, port: int, timeout: float = STOP_TIMEOUT) -> Tuple[List[int], List[int]]:
+    """Stop the netlab servers listening on exactly ADDRESS:PORT in this namespace.
+
+    SIGTERM, then SIGKILL for any still holding the socket after TIMEOUT
+    seconds. Returns (the pids stopped, the pids of other programs listening
+    there, left alone). Raises OSError if a server outlives SIGKILL.
+    """
+    pids = holders(listening_inodes(address, port))
+    ours = [pid for pid in pids if is_netlab_serve(command_line(pid))]
+    others = [pid for pid in pids if pid not in ours]
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+        pending = _alive_holders(ours, address, port)
+        for pid in pending:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+            pending = _alive_holders(pending, address, port)
+        if not pending:
+            return ours, others
+    raise OSError(f"the server on {address}:{port} (pid {', '.join(map(str, pending))}) survived SIGKILL")
+
