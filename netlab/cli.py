@@ -152,6 +152,9 @@ def up_command(
     sandbox: Optional[str] = _SANDBOX_OPTION,
     host_netns: Optional[str] = _HOST_NETNS_OPTION,
     assignments: List[str] = _SET_OPTION,
+    verify: bool = typer.Option(False, "--verify", help=(
+        "Then run the lab's checks (see `netlab verify`); if one fails, take the lab down again "
+        "and exit 1.")),
 ):
     """Bring a lab up: run its steps in order, recording each in a journal first.
 
@@ -161,15 +164,27 @@ def up_command(
     (an identical rule, ip_forward already 1) is left alone, and `down` leaves
     it too. Running `up` again on a lab that is up changes nothing.
 
-    Example: sudo netlab up egress-ingress --sandbox
+    Example: sudo netlab up egress-ingress --sandbox --verify
     """
     from netlab.progress import TerminalReporter
-    from netlab.runner import up
+    from netlab.runner import down, up
 
     plan = _make_plan(target, sandbox, assignments, host_netns)
     with TerminalReporter() as reporter:
         outcome = up(plan, reporter=reporter)
     typer.echo(outcome.summary)
+    if not verify:
+        return
+    from netlab.verify import run_checks
+
+    if _report_checks(plan.name, run_checks(plan.checks), as_json=False):
+        return
+    if not (outcome.changed or outcome.found):
+        raise NetlabError(f"a check failed; {plan.name} was up before this run and is left as it is "
+                          f"(see: netlab doctor {plan.name})")
+    with TerminalReporter() as reporter:
+        down(plan.name, reporter=reporter, exact=True)
+    raise NetlabError("a check failed; rolled back: the host is as it was")
 
 
 @app.command("down")
@@ -230,6 +245,136 @@ def status_command(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _report_checks(name: str, results, as_json: bool) -> bool:
+    """Print the checks' table (or JSON); whether they all passed."""
+    from netlab.verify import passed, table
+
+    ok = passed(results)
+    if as_json:
+        _print_json({"name": name, "passed": ok, "checks": [result.to_dict() for result in results]})
+        return ok
+    if not results:
+        typer.echo(f"{name}: the lab declares no checks")
+        return ok
+    for line in table(results):
+        typer.echo(line)
+    good = sum(result.ok is True for result in results)
+    typer.echo(f"{name}: {good} of {len(results)} checks passed")
+    return ok
+
+
+@app.command("verify")
+def verify_command(
+    name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
+    as_json: bool = typer.Option(False, "--json", help="JSON, for scripts."),
+):
+    """Run the lab's checks against the live lab and print a table: check, result, time.
+
+    The checks are the documents' tests: a ping from a namespace, an HTTP or TCP
+    connection from a namespace, the host or the internet side. In a sandbox the
+    internet is its own namespace and 198.51.100.1 stands in for 8.8.8.8. Exit
+    code 0 when every check passes, 1 otherwise (then try `netlab doctor NAME`).
+
+    Example: sudo netlab verify nl-ei
+    """
+    from netlab.status import read_lab
+    from netlab.verify import lab_checks, run_checks
+
+    record, _ = read_lab(name, action="verify")
+    if not _report_checks(record.name, run_checks(lab_checks(record)), as_json):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("doctor")
+def doctor_command(
+    name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
+    as_json: bool = typer.Option(False, "--json", help="JSON, for scripts."),
+):
+    """Find why a lab does not work: each root cause in one line, with the command that fixes it.
+
+    Runs the lab's checks, compares every step with the live kernel, and walks
+    the path of each failing check: namespaces, links and loopbacks up,
+    addresses, routes, ip_forward, MASQUERADE for a private source, the FORWARD
+    chain (a DROP policy, as Docker sets, with bridge-nf-call-iptables), DNAT
+    for an ingress port (in OUTPUT too when the client is the host itself), and
+    a server listening on the right address. Exit code 0 when the checks pass
+    and nothing is wrong, 1 when a cause is found or a check fails.
+
+    Example: sudo netlab doctor nl-ei
+    """
+    from netlab.doctor import diagnose
+
+    report = diagnose(name)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    if not report.healthy:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("exec", context_settings={"ignore_unknown_options": True})
+def exec_command(
+    name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
+    netns: str = typer.Argument(..., metavar="NS", help=(
+        "The lab's namespace as the lab names it (ns0; the sandbox prefix is added for you), `host` "
+        "for the host side or `internet` for a sandbox's internet side.")),
+    command: List[str] = typer.Argument(..., metavar="-- COMMAND...", help="The command and its arguments."),
+):
+    """Run a command inside a namespace of the lab; its exit code is netlab's.
+
+    The command gets the terminal, if there is one, so `bash` works. Write `--`
+    before the command, so its options are not taken for netlab's.
+
+    Example: sudo netlab exec nl-ei ns0 -- ip route
+    """
+    import shutil
+
+    from netlab.status import read_lab, resolve_netns
+
+    record, _ = read_lab(name, action="exec")
+    real = resolve_netns(record, netns)
+    if shutil.which(command[0]) is None:
+        raise InputError(f"{command[0]}: command not found", None, "COMMAND")
+    _exec(("ip", "netns", "exec", real, *command) if real else tuple(command))
+
+
+@app.command("capture")
+def capture_command(
+    name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
+    iface: str = typer.Argument(..., metavar="[NS:]IFACE", help=(
+        "The interface: br0, or ns0:ceth0 (`host:` and `internet:` too). Without NS, the one side of "
+        "the lab that has an interface of that name.")),
+    expression: Optional[List[str]] = typer.Argument(None, metavar="[FILTER]...", help="A tcpdump filter, e.g. icmp."),
+    count: Optional[int] = typer.Option(None, "-c", "--count", min=1, help="Stop after COUNT packets."),
+):
+    """Watch the packets on an interface of the lab with tcpdump, to see where they stop.
+
+    As the documents do: capture on the bridge and on the uplink while a ping
+    runs, and compare. Ctrl-C ends it (or -c COUNT).
+
+    Example: sudo netlab capture nl-ei br0 -c 4 icmp
+    """
+    import shutil
+
+    from netlab.status import find_link, read_lab
+
+    record, _ = read_lab(name, action="capture")
+    real, link = find_link(record, iface)
+    argv = ["tcpdump", "-n", "-l", "-i", link] + (["-c", str(count)] if count else []) + list(expression or [])
+    if shutil.which("tcpdump") is None:
+        raise NetlabError("tcpdump is not installed (on Debian or Ubuntu: apt-get install tcpdump)")
+    _exec(("ip", "netns", "exec", real, *argv) if real else tuple(argv))
+
+
+def _exec(argv) -> None:
+    """Become ARGV: its exit code and its terminal are the user's."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(argv[0], list(argv))
+
+
 def _write_executable(path: Path, text: str) -> None:
     """Write all or nothing: a temporary file beside PATH, renamed over it."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -244,6 +389,78 @@ def _write_executable(path: Path, text: str) -> None:
         except OSError:
             pass
         raise InputError(f"cannot write: {error.strerror or error}", str(path), "--output") from None
+
+
+@app.command("serve")
+def serve_command(
+    address: str = typer.Argument(..., metavar="ADDRESS",
+                                  help="The IPv4 address to listen on; 0.0.0.0 is every address of the namespace."),
+    port: str = typer.Argument(..., metavar="PORT", help="The TCP port, 1-65535."),
+    background: bool = typer.Option(
+        False, "--background", help="Return as soon as the port is listening, the server detached (a lab's step)."
+    ),
+    stop: bool = typer.Option(
+        False, "--stop", help="Stop the netlab server listening on exactly ADDRESS:PORT (a step's undo)."
+    ),
+):
+    """Run the documents' hello-world HTTP server on ADDRESS:PORT, in the current namespace.
+
+    It answers every GET with "Hello, World! :)", as the documents' app on port
+    3000 does, and logs nothing. A lab's `service` step runs `netlab serve
+    --background ADDRESS PORT` in its namespace; `--background` binds first, so
+    a bad address fails here (exit 1, one line), and returns once the port
+    listens. `--stop` ends the netlab servers listening on exactly ADDRESS:PORT
+    (SIGTERM, then SIGKILL after 3 s) and never another program's; nothing
+    listening there is success. Without either, it serves in the foreground
+    until Ctrl-C.
+
+    Example: sudo ip netns exec ns0 netlab serve --background 192.168.0.2 3000
+    """
+    from netlab import serve
+    from netlab.topology import ipv4_address
+    from netlab.topology import port as parse_port
+
+    try:
+        address = str(ipv4_address(address))
+    except ValueError as error:
+        raise InputError(str(error), None, "ADDRESS") from None
+    try:
+        number = parse_port(port)
+    except ValueError as error:
+        raise InputError(str(error), None, "PORT") from None
+    if background and stop:
+        raise InputError("--background and --stop exclude each other")
+    where = f"{address}:{number}"
+    if stop:
+        try:
+            stopped, others = serve.stop(address, number)
+        except OSError as error:
+            raise NetlabError(f"cannot stop the server on {where}: {error.strerror or error}") from None
+        for pid in others:
+            typer.echo(f"left alone: pid {pid} ({' '.join(serve.command_line(pid))[:80]}) listens on {where} "
+                       "and is not a netlab server", err=True)
+        if stopped:
+            typer.echo(f"stopped the server on {where} (pid {', '.join(map(str, stopped))})")
+        elif not others and serve.listening_inodes(address, number):
+            raise NetlabError(f"something listens on {where}, but no process holding it can be seen "
+                              "(netlab serve --stop needs root)")
+        else:
+            typer.echo(f"no netlab server listens on {where}")
+        return
+    try:
+        if background:
+            pid = serve.start_background(address, number)
+            typer.echo(f"serving http://{where}/ in the background (pid {pid})")
+            return
+        server = serve.listen(address, number)
+    except OSError as error:
+        raise NetlabError(f"cannot listen on {where}: {error.strerror or error}") from None
+    typer.echo(f"serving http://{where}/ (Ctrl-C stops it)", err=True)
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
 
 
 @app.callback(invoke_without_command=True)

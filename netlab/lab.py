@@ -59,6 +59,12 @@ class Lab:
             raise result.error()
         return result
 
+    def verify(self):
+        """Run the lab's checks against the live lab: a list of netlab.verify.CheckResult (`.ok`, `.detail`)."""
+        from netlab.verify import run_checks
+
+        return run_checks(self.plan.checks)
+
     def status(self):
         """Each step's live state (see netlab.status)."""
         from netlab.status import lab_steps

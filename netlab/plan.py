@@ -102,6 +102,34 @@ class Step:
 
 
 @dataclass(frozen=True)
+class LabCheck:
+    """A check of the topology, placed: the real namespace it runs from (None for the
+    root namespace). An `internet` check needs a sandbox: without one, `runnable` is False."""
+
+    kind: str  # ping, tcp or http
+    source: str  # as the lab says it: host, internet or a lab namespace
+    netns: Optional[str]
+    address: str
+    port: Optional[int] = None
+    path: Optional[str] = None
+    runnable: bool = True
+
+    @property
+    def label(self) -> str:
+        target = self.address if self.port is None else f"{self.address}:{self.port}"
+        if self.kind == "http" and self.path not in (None, "/"):
+            target += self.path
+        return f"{self.kind} {target} from {self.source}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LabCheck":
+        return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls) if field.name in data})
+
+
+@dataclass(frozen=True)
 class Plan:
     lab: str
     title: str
@@ -110,6 +138,7 @@ class Plan:
     params: Tuple[Tuple[str, str], ...]
     steps: Tuple[Step, ...]
     host_netns: Optional[str] = None  # an existing namespace that plays the host
+    checks: Tuple[LabCheck, ...] = ()
 
     def netns(self, name: str) -> str:
         """The real name of the lab's namespace NAME (the sandbox prefixes it)."""
@@ -131,6 +160,7 @@ class Plan:
             "params": dict(self.params),
             "digest": self.digest,
             "steps": [step.to_dict() for step in self.steps],
+            "checks": [check.to_dict() for check in self.checks],
         }
 
 
@@ -209,5 +239,37 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
         for line in text.splitlines():
             if line.strip():
                 steps.append(Step.from_dict(len(steps) + 1, json.loads(line)))
+    steps = _probe_moved_veths(steps)
     name = sandbox.prefix if sandbox else topology.name
-    return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps), host_netns)
+    checks = tuple(_place(check, sandbox, host, nsname) for check in topology.checks)
+    return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps), host_netns, checks)
+
+
+def _probe_moved_veths(steps: list) -> list:
+    """A veth pair whose named end is moved to another namespace later is probed, and
+    undone, by its peer, which stays where the pair was made (deleting either end deletes
+    both): so a lab that is up reads as up, and its undo finds what it deletes."""
+    moved = {(step.netns, step.argv[3]) for step in steps
+             if step.argv[:3] == ("ip", "link", "set") and step.argv[4:5] == ("netns",)}
+    out = []
+    for step in steps:
+        argv = step.argv
+        if argv[:3] == ("ip", "link", "add") and "veth" in argv and (step.netns, argv[3]) in moved \
+                and "netns" not in argv:
+            peer = argv[argv.index("peer") + 2]
+            if (step.netns, peer) not in moved:
+                step = dataclasses.replace(step, undo=("ip", "link", "del", peer),
+                                           probe=Probe(step.netns, ("ip", "link", "show", "dev", peer), "status"))
+        out.append(step)
+    return out
+
+
+def _place(check, sandbox: Optional[Sandbox], host: Optional[str], nsname) -> LabCheck:
+    """Where CHECK runs: the host side, the sandbox's internet, or a lab namespace."""
+    if check.source == "host":
+        netns, runnable = host, True
+    elif check.source == "internet":
+        netns, runnable = (sandbox.wan, True) if sandbox else (None, False)
+    else:
+        netns, runnable = nsname(check.source), True
+    return LabCheck(check.kind, check.source, netns, str(check.address), check.port, check.path, runnable)

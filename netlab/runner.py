@@ -106,6 +106,7 @@ def _header(plan: Plan) -> dict:
         "host_netns": plan.host_netns,
         "params": dict(plan.params),
         "steps": [step.to_dict() for step in plan.steps],
+        "checks": [check.to_dict() for check in plan.checks],
     }
 
 

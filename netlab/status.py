@@ -8,7 +8,8 @@ sysctl read), so drift shows: a rule deleted by hand is `missing`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 from netlab import journal as journals
 from netlab.errors import InputError
@@ -71,16 +72,22 @@ def labs(state_dir=None) -> List[LabSummary]:
     return [_summary(record, directory) for record in journals.all_journals(directory)]
 
 
-def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) -> Tuple[LabSummary, List[StepState]]:
-    """The lab called NAME (or the one lab whose own name is NAME) and the live state of each step."""
-    require_root("status")
-    executor = executor or Executor()
+def read_lab(name: str, state_dir=None, action: str = "status") -> Tuple[journals.Journal, Path]:
+    """The journal of the lab called NAME (or of the one lab whose own name is NAME), and the
+    state directory; a lab that is not up is bad input for ACTION."""
+    require_root(action)
     directory = journals.state_dir(state_dir, create=False)
     path = journals.find(directory, name)
     if path is None:
         up = ", ".join(record.name for record in journals.all_journals(directory)) or "none"
         raise InputError(f"no lab called {name} is up (up: {up})")
-    record = journals.Journal.read(path)
+    return journals.Journal.read(path), directory
+
+
+def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) -> Tuple[LabSummary, List[StepState]]:
+    """The lab called NAME (or the one lab whose own name is NAME) and the live state of each step."""
+    executor = executor or Executor()
+    record, directory = read_lab(name, state_dir)
     done, found, started = record.done, record.found, set(record.started)
     states = []
     for step in record.steps():
@@ -98,3 +105,51 @@ def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) ->
             state = NOT_APPLIED
         states.append(StepState(step.index, state, step.command, step.why))
     return _summary(record, directory), states
+
+
+def namespaces(record: journals.Journal) -> Dict[str, Optional[str]]:
+    """The lab's namespaces by the names a user gives them: `host` (None: the root
+    namespace), `internet` in a sandbox, and each namespace the lab creates."""
+    prefix = record.header.get("sandbox")
+    host = record.header.get("host_netns") or (f"{prefix}-host" if prefix else None)
+    names: Dict[str, Optional[str]] = {"host": host}
+    if prefix:
+        names["internet"] = f"{prefix}-wan"
+    for step in record.steps():
+        if step.argv[:3] == ("ip", "netns", "add"):
+            real = step.argv[3]
+            own = real[len(prefix) + 1:] if prefix and real.startswith(f"{prefix}-") else real
+            if own not in ("host", "wan"):
+                names[own] = real
+    return names
+
+
+def resolve_netns(record: journals.Journal, name: str, where: str = "NS") -> Optional[str]:
+    """The real namespace for NAME: one of `namespaces(record)`, by its short name or its real one."""
+    names = namespaces(record)
+    if name in names:
+        return names[name]
+    if name in names.values():
+        return name
+    raise InputError(f"{record.name} has no namespace {name!r} (it has: {', '.join(names)})", None, where)
+
+
+def find_link(record: journals.Journal, spec: str, executor: Optional[Executor] = None) -> Tuple[Optional[str], str]:
+    """The (real namespace, interface) that SPEC names: `NS:IFACE`, or `IFACE` alone when
+    exactly one side of the lab has an interface of that name."""
+    executor = executor or Executor()
+    side, sep, link = spec.rpartition(":")
+    if sep:
+        real = resolve_netns(record, side, "[NS:]IFACE")
+        if not executor.run(("ip", "link", "show", "dev", link), real).ok:
+            raise InputError(f"{side} has no interface {link!r}", None, "[NS:]IFACE")
+        return real, link
+    names = namespaces(record)
+    having = [name for name, real in names.items() if executor.run(("ip", "link", "show", "dev", link), real).ok]
+    if len(having) == 1:
+        return names[having[0]], link
+    if not having:
+        raise InputError(f"no side of {record.name} has an interface {link!r} (sides: {', '.join(names)})",
+                         None, "[NS:]IFACE")
+    raise InputError(f"{', '.join(having)} each have an interface {link!r}; say which, as {having[0]}:{link}",
+                     None, "[NS:]IFACE")

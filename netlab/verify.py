@@ -1,0 +1,158 @@
+"""The checks of a live lab: ping, tcp and http from a namespace, the host or the internet side.
+
+Every check meets the real kernel. A ping is the `ping` program run in the
+check's namespace. A tcp or http check connects from a thread that has
+entered the namespace (setns on its /run/netns file), so it spawns no process
+and needs nothing installed in the namespace. The checks run side by side,
+each timed on its own; a check that cannot get an answer gives up after
+TIMEOUT seconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from netlab.execute import Executor
+from netlab.plan import LabCheck
+
+TIMEOUT = 3  # seconds, for a connection or a ping reply
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: LabCheck
+    ok: Optional[bool]  # None: not run (an internet check with no sandbox)
+    detail: str
+    seconds: float
+
+    @property
+    def result(self) -> str:
+        return {True: "ok", False: "FAILED", None: "skipped"}[self.ok]
+
+    def to_dict(self) -> dict:
+        return {"check": self.check.label, **self.check.to_dict(), "result": self.result, "ok": self.ok,
+                "detail": self.detail, "seconds": round(self.seconds, 4)}
+
+
+def run_checks(checks: Sequence[LabCheck], executor: Optional[Executor] = None) -> List[CheckResult]:
+    """Run CHECKS side by side; the results come back in the checks' order."""
+    executor = executor or Executor()
+    results: List[Optional[CheckResult]] = [None] * len(checks)
+
+    def run(i: int, check: LabCheck) -> None:
+        started = time.monotonic()
+        if not check.runnable:
+            ok, detail = None, "needs --sandbox: a real host has no internet side of its own to check from"
+        elif check.kind == "ping":
+            ok, detail = _ping(check, executor)
+        else:
+            ok, detail = _connect(check)
+        results[i] = CheckResult(check, ok, detail, time.monotonic() - started)
+
+    threads = [threading.Thread(target=run, args=(i, check), daemon=True) for i, check in enumerate(checks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def passed(results: Sequence[CheckResult]) -> bool:
+    return all(result.ok is not False for result in results)
+
+
+def table(results: Sequence[CheckResult]) -> List[str]:
+    """The results as the lines of a table: check, result, time, detail."""
+    width = max([len("CHECK")] + [len(result.check.label) for result in results])
+    lines = [f"{'CHECK':<{width}}  {'RESULT':<7}  {'TIME':>7}  DETAIL"]
+    for result in results:
+        lines.append(f"{result.check.label:<{width}}  {result.result:<7}  "
+                     f"{result.seconds * 1000:>5.0f}ms  {result.detail}")
+    return lines
+
+
+def _ping(check: LabCheck, executor: Executor):
+    argv = ("ping", "-n", "-c", "1", "-W", str(TIMEOUT), check.address)
+    result = executor.run(argv, check.netns)
+    if result.ok:
+        reply = next((word for word in result.stdout.split() if word.startswith("time=")), "")
+        return True, f"reply in {reply[5:]} ms" if reply else "reply"
+    lines = (result.stderr.strip() or "").splitlines()
+    if result.code == 255 and check.netns:
+        return False, f"namespace {check.netns} is missing"
+    return False, lines[-1] if lines else "no reply"
+
+
+def _connect(check: LabCheck):
+    """A tcp connection, or an HTTP GET, from inside the check's namespace."""
+    outcome = [False, "not run"]
+
+    def attempt() -> None:
+        try:
+            _enter(check.netns)
+        except OSError as error:
+            outcome[1] = f"namespace {check.netns} is missing" if error.errno == 2 else f"setns: {error.strerror}"
+            return
+        try:
+            outcome[:] = _http(check) if check.kind == "http" else _tcp(check)
+        except socket.timeout:
+            outcome[1] = f"no answer in {TIMEOUT} s"
+        except ConnectionRefusedError:
+            outcome[1] = "connection refused"
+        except (OSError, http.client.HTTPException) as error:
+            outcome[1] = (error.strerror or str(error)).lower() if isinstance(error, OSError) else str(error)
+
+    # A thread of its own: it enters the namespace and ends there, so no thread of this
+    # process is left in a namespace it did not start in.
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join()
+    return tuple(outcome)
+
+
+def _tcp(check: LabCheck):
+    with socket.create_connection((check.address, check.port), timeout=TIMEOUT):
+        return True, "connected"
+
+
+def _http(check: LabCheck):
+    connection = http.client.HTTPConnection(check.address, check.port, timeout=TIMEOUT)
+    try:
+        connection.request("GET", check.path or "/")
+        response = connection.getresponse()
+        body = response.read(200).decode("utf-8", "replace").strip().splitlines()
+    finally:
+        connection.close()
+    first = body[0][:60] if body else ""
+    return 200 <= response.status < 400, f"HTTP {response.status}" + (f": {first}" if first else "")
+
+
+def _enter(netns: Optional[str]) -> None:
+    """Move the calling thread into network namespace NETNS (None: stay)."""
+    if netns is None:
+        return
+    fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY)
+    try:
+        if hasattr(os, "setns"):  # Python 3.12
+            os.setns(fd, CLONE_NEWNET)
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+    finally:
+        os.close(fd)
+
+
+def lab_checks(record) -> List[LabCheck]:
+    """The checks a lab's journal records (a journal from before checks were recorded has none)."""
+    return [LabCheck.from_dict(data) for data in record.header.get("checks", [])]
