@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+import netlab
 from conftest import namespaces, sh
+from test_golden import LABS
 from test_runner import Netlab
 
 pytestmark = pytest.mark.root
@@ -238,3 +240,14 @@ def test_verify_and_doctor_of_a_lab_that_is_not_up(cli):
         args = (command, "nosuchlab") + (("ns0", "--", "true") if command == "exec" else ())
         result = cli.run(*args)
         assert result.returncode == 2 and result.stderr.startswith("netlab: error: no lab called nosuchlab is up")
+
+
+@pytest.mark.parametrize("name", LABS)
+def test_verify_passes_on_every_built_in_lab(cli, sandbox_prefix, name):
+    cli.ok("up", name, "--sandbox", sandbox_prefix, "--verify")
+    try:
+        report = json.loads(cli.ok("verify", sandbox_prefix, "--json"))
+        assert report["passed"] and all(check["ok"] for check in report["checks"])
+        assert len(report["checks"]) == len(netlab.load(name, sandbox=True).checks)
+    finally:
+        cli.ok("down", sandbox_prefix)
