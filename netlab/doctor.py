@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from netlab.execute import Executor
 from netlab.plan import LabCheck, Step, in_netns, shell_join
-from netlab.status import namespaces, read_lab
+from netlab.status import MISSING, NOT_APPLIED, namespaces, read_lab, step_states
 from netlab.verify import CheckResult, passed, run_checks, table
 
 IP_FORWARD = "net.ipv4.ip_forward"
@@ -79,9 +79,9 @@ def diagnose(name: str, state_dir=None, executor: Optional[Executor] = None) -> 
     results = run_checks(lab_checks(record), executor)
     live = Live(executor, namespaces(record))
     steps = record.steps()
-    causes = _not_applied(record, steps)
-    causes += _drift(live, [step for step in steps if step.index in record.done and not step.read_only
-                            and executor.in_effect(step) is False])
+    states = {state.index: state.state for state in step_states(record, executor)}
+    causes = _not_applied(record, [step for step in steps if states[step.index] == NOT_APPLIED])
+    causes += _drift(live, [step for step in steps if states[step.index] == MISSING])
     drifted = bool(causes)
     for result in results:
         if result.ok is False:
@@ -125,8 +125,10 @@ class Live:
         return None
 
     def addresses(self, real: Optional[str]) -> List[ipaddress.IPv4Interface]:
-        return [ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}")
-                for link in self.links(real) for info in link.get("addr_info", []) if info.get("family") == "inet"]
+        """The IPv4 addresses of side REAL, but its loopback ones."""
+        found = (ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}")
+                 for link in self.links(real) for info in link.get("addr_info", []) if info.get("family") == "inet")
+        return [address for address in found if not address.is_loopback]
 
     def rules(self, real: Optional[str], table: str) -> List[str]:
         return (self._read(real, ("iptables-save", "-t", table)) or "").splitlines()
@@ -155,13 +157,13 @@ def _command(real: Optional[str], *argv: str) -> str:
 
 
 # ------------------------------------------------------------------ drift
-def _not_applied(record, steps: Sequence[Step]) -> List[Cause]:
-    applied = record.done | record.found | set(record.started)
-    never = [step.index for step in steps if step.index not in applied]
+def _not_applied(record, never: Sequence[Step]) -> List[Cause]:
     if not never:
         return []
-    return [Cause(f"the lab is only partly up: {len(never)} of its {len(steps)} steps were never applied "
-                  f"(an up was cut off)", (f"netlab down {record.name}",), tuple(never))]
+    total = len(record.header["steps"])
+    return [Cause(f"the lab is only partly up: {len(never)} of its {total} steps were never applied "
+                  f"(an up was cut off)",
+                  (f"netlab down {record.name}",), tuple(step.index for step in never))]
 
 
 def _needs_and_makes(step: Step) -> Tuple[set, set]:
@@ -248,7 +250,7 @@ def _describe(live: Live, group: Sequence[Step]) -> str:
         if change == "master":
             return f"{name} is not plugged into the bridge {argv[5]} {where}{tail}"
         if name == "lo":
-            held = ", ".join(str(address.ip) for address in live.addresses(root.netns) if not address.is_loopback)
+            held = ", ".join(str(address.ip) for address in live.addresses(root.netns))
             extra = f": its addresses ({held}) do not answer" if held else ""
             return f"lo is {'down' if change == 'up' else 'up'} {where}{extra}{tail}"
         routes = any("route" in step.argv[:2] for step in group)
@@ -361,7 +363,7 @@ def _path(live: Live, steps: Sequence[Step], check: LabCheck) -> List[Cause]:
     if not live.routes_to(source, check.address):
         causes += _no_route(live, source, check.address)
     if check.source != "host" and owner not in ("host", check.source):
-        mine = [address for address in live.addresses(source) if not address.is_loopback]
+        mine = live.addresses(source)
         if any(ipaddress.IPv4Address(target) in address.network for address in mine):  # bridged, not routed
             causes += _bridged(live, steps, source)
         else:  # the host forwards it
@@ -401,12 +403,14 @@ def _dnat(live: Live, steps: Sequence[Step], check: LabCheck):
     return [Cause(summary, fix)], destination
 
 
+def _services(steps: Sequence[Step]) -> List[Tuple[Step, str, str]]:
+    """The lab's servers: (the step that starts it, its address, its port)."""
+    return [(step, step.argv[3], step.argv[4]) for step in steps if step.argv[:3] == ("netlab", "serve", "--background")]
+
+
 def _service_address(steps: Sequence[Step], port: Optional[int]) -> Optional[str]:
     """The address of the lab's server on PORT, if it declares one."""
-    for step in steps:
-        if step.argv[:3] == ("netlab", "serve", "--background") and step.argv[4] == str(port):
-            return step.argv[3]
-    return None
+    return next((address for _, address, on in _services(steps) if on == str(port)), None)
 
 
 def _links_down(live: Live, real: Optional[str], target: Optional[str]) -> List[Cause]:
@@ -425,7 +429,7 @@ def _links_down(live: Live, real: Optional[str], target: Optional[str]) -> List[
 
 
 def _no_route(live: Live, source: Optional[str], target: str) -> List[Cause]:
-    mine = [address for address in live.addresses(source) if not address.is_loopback]
+    mine = live.addresses(source)
     gateway = next((other.ip for address in mine for short, real in live.sides.items() if real != source
                     for other in live.addresses(real) if other.ip in address.network and other.ip != address.ip), None)
     where = live.side_name(source)
@@ -438,27 +442,19 @@ def _forwarding(live: Live, steps: Sequence[Step], lab_side: Optional[str], targ
     """Packets the host forwards between the lab namespace LAB_SIDE and elsewhere: ip_forward,
     the FORWARD chain, and (OUTBOUND, toward the internet) MASQUERADE."""
     host = live.sides.get("host")
-    source = lab_side
     causes = []
     if live.sysctl(host, IP_FORWARD) == "0":
         causes.append(Cause(f"{IP_FORWARD} is 0 on the host: it does not forward packets between its interfaces",
                             (_command(host, "sysctl", "-w", f"{IP_FORWARD}=1"),)))
-    mine = [address for address in live.addresses(source) if not address.is_loopback]
-    bridge = _bridge_of(live, source)
+    bridge = _bridge_of(live, lab_side)
     causes += _forward_chain(live, steps, bridge)
     internet = live.sides.get("internet")
     target_side = live.owner(target)
     outside = target_side == "internet" or (target_side is None and internet is None)
-    private = [address for address in mine if address.ip.is_private]
+    private = [address for address in live.addresses(lab_side) if address.ip.is_private]
     if outbound and outside and private and bridge:
         source_ip = private[0].ip
-        covered = False
-        for line in live.rules(host, "nat"):
-            if line.startswith("-A POSTROUTING") and ("-j MASQUERADE" in line or "-j SNAT" in line):
-                found = re.search(r"-s (\S+)", line)
-                if found is None or source_ip in ipaddress.IPv4Network(found.group(1), strict=False):
-                    covered = True
-        if not covered:
+        if not any(_source_nat_covers(line, source_ip) for line in live.rules(host, "nat")):
             network = str(private[0].network)
             causes.append(Cause(
                 f"no MASQUERADE for {network} on the host: the private source {source_ip} leaves with an address "
@@ -468,10 +464,18 @@ def _forwarding(live: Live, steps: Sequence[Step], lab_side: Optional[str], targ
     return causes
 
 
+def _source_nat_covers(line: str, source: ipaddress.IPv4Address) -> bool:
+    """Whether an iptables-save line is a MASQUERADE or SNAT rule for SOURCE."""
+    if not line.startswith("-A POSTROUTING") or ("-j MASQUERADE" not in line and "-j SNAT" not in line):
+        return False
+    match = re.search(r"-s (\S+)", line)
+    return match is None or source in ipaddress.IPv4Network(match.group(1), strict=False)
+
+
 def _bridge_of(live: Live, lab_side: Optional[str]) -> Optional[str]:
     """The host's interface on the subnet of LAB_SIDE (its gateway: a bridge, most often)."""
     host = live.sides.get("host")
-    mine = [address for address in live.addresses(lab_side) if not address.is_loopback]
+    mine = live.addresses(lab_side)
     for link in live.links(host):
         for info in link.get("addr_info", []):
             if info.get("family") == "inet" and any(
@@ -504,7 +508,7 @@ def _bridged(live: Live, steps: Sequence[Step], source: Optional[str]) -> List[C
 def _start_server(live: Live, steps: Sequence[Step], real: Optional[str], address: str, port: int) -> Cause:
     where = "on the host" if live.side_name(real) == "host" else f"in {live.side_name(real)}"
     summary = _nothing_listens(live, real, address, port, where)
-    for step in steps:
-        if step.argv[:3] == ("netlab", "serve", "--background") and step.argv[3:5] == (address, str(port)):
+    for step, on_address, on_port in _services(steps):
+        if (on_address, on_port) == (address, str(port)):
             return Cause(summary, (step.command,))
     return Cause(summary, (_command(real, "netlab", "serve", "--background", address, str(port)),))

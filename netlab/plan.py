@@ -232,36 +232,17 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
         raise InputError(f"{host_netns!r} is also a namespace the lab creates", topology.source, "--host-netns")
 
     env = environment()
+    moved = {(item.netns, item.name) for item in items if isinstance(item, Link) and item.move_to}
     steps = []
     for item in items:
         side = nsname(item.netns) if item.netns else host
-        text = env.get_template(f"{item.kind}.j2").render(item=item, ns=side, nsname=nsname)
+        text = env.get_template(f"{item.kind}.j2").render(item=item, ns=side, nsname=nsname, moved=moved)
         for line in text.splitlines():
             if line.strip():
                 steps.append(Step.from_dict(len(steps) + 1, json.loads(line)))
-    steps = _probe_moved_veths(steps)
     name = sandbox.prefix if sandbox else topology.name
     checks = tuple(_place(check, sandbox, host, nsname) for check in topology.checks)
     return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps), host_netns, checks)
-
-
-def _probe_moved_veths(steps: list) -> list:
-    """A veth pair whose named end is moved to another namespace later is probed, and
-    undone, by its peer, which stays where the pair was made (deleting either end deletes
-    both): so a lab that is up reads as up, and its undo finds what it deletes."""
-    moved = {(step.netns, step.argv[3]) for step in steps
-             if step.argv[:3] == ("ip", "link", "set") and step.argv[4:5] == ("netns",)}
-    out = []
-    for step in steps:
-        argv = step.argv
-        if argv[:3] == ("ip", "link", "add") and "veth" in argv and (step.netns, argv[3]) in moved \
-                and "netns" not in argv:
-            peer = argv[argv.index("peer") + 2]
-            if (step.netns, peer) not in moved:
-                step = dataclasses.replace(step, undo=("ip", "link", "del", peer),
-                                           probe=Probe(step.netns, ("ip", "link", "show", "dev", peer), "status"))
-        out.append(step)
-    return out
 
 
 def _place(check, sandbox: Optional[Sandbox], host: Optional[str], nsname) -> LabCheck:

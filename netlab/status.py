@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from netlab import journal as journals
 from netlab.errors import InputError
 from netlab.execute import Executor, require_root
+from netlab.sandbox import Sandbox
 
 # A step's state on the live host.
 IN_EFFECT = "in effect"  # the lab did it and it holds
@@ -86,8 +87,13 @@ def read_lab(name: str, state_dir=None, action: str = "status") -> Tuple[journal
 
 def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) -> Tuple[LabSummary, List[StepState]]:
     """The lab called NAME (or the one lab whose own name is NAME) and the live state of each step."""
-    executor = executor or Executor()
     record, directory = read_lab(name, state_dir)
+    return _summary(record, directory), step_states(record, executor)
+
+
+def step_states(record: journals.Journal, executor: Optional[Executor] = None) -> List[StepState]:
+    """The live state of each step of the lab RECORD describes, in plan order."""
+    executor = executor or Executor()
     done, found, started = record.done, record.found, set(record.started)
     states = []
     for step in record.steps():
@@ -104,22 +110,22 @@ def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) ->
         else:
             state = NOT_APPLIED
         states.append(StepState(step.index, state, step.command, step.why))
-    return _summary(record, directory), states
+    return states
 
 
 def namespaces(record: journals.Journal) -> Dict[str, Optional[str]]:
     """The lab's namespaces by the names a user gives them: `host` (None: the root
     namespace), `internet` in a sandbox, and each namespace the lab creates."""
-    prefix = record.header.get("sandbox")
-    host = record.header.get("host_netns") or (f"{prefix}-host" if prefix else None)
-    names: Dict[str, Optional[str]] = {"host": host}
-    if prefix:
-        names["internet"] = f"{prefix}-wan"
+    prefix, host_netns = record.header.get("sandbox"), record.header.get("host_netns")
+    sandbox = Sandbox(prefix, host_netns=host_netns) if prefix else None
+    names: Dict[str, Optional[str]] = {"host": sandbox.host if sandbox else host_netns}
+    if sandbox:
+        names["internet"] = sandbox.wan
     for step in record.steps():
         if step.argv[:3] == ("ip", "netns", "add"):
             real = step.argv[3]
             own = real[len(prefix) + 1:] if prefix and real.startswith(f"{prefix}-") else real
-            if own not in ("host", "wan"):
+            if real not in (names["host"], names.get("internet")):
                 names[own] = real
     return names
 

@@ -86,37 +86,30 @@ def _ping(check: LabCheck, executor: Executor):
     if result.ok:
         reply = next((word for word in result.stdout.split() if word.startswith("time=")), "")
         return True, f"reply in {reply[5:]} ms" if reply else "reply"
-    lines = (result.stderr.strip() or "").splitlines()
+    lines = result.stderr.strip().splitlines()
     if result.code == 255 and check.netns:
         return False, f"namespace {check.netns} is missing"
     return False, lines[-1] if lines else "no reply"
 
 
 def _connect(check: LabCheck):
-    """A tcp connection, or an HTTP GET, from inside the check's namespace."""
-    outcome = [False, "not run"]
-
-    def attempt() -> None:
-        try:
-            _enter(check.netns)
-        except OSError as error:
-            outcome[1] = f"namespace {check.netns} is missing" if error.errno == 2 else f"setns: {error.strerror}"
-            return
-        try:
-            outcome[:] = _http(check) if check.kind == "http" else _tcp(check)
-        except socket.timeout:
-            outcome[1] = f"no answer in {TIMEOUT} s"
-        except ConnectionRefusedError:
-            outcome[1] = "connection refused"
-        except (OSError, http.client.HTTPException) as error:
-            outcome[1] = (error.strerror or str(error)).lower() if isinstance(error, OSError) else str(error)
-
-    # A thread of its own: it enters the namespace and ends there, so no thread of this
-    # process is left in a namespace it did not start in.
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join()
-    return tuple(outcome)
+    """A tcp connection, or an HTTP GET, from inside the check's namespace. The calling
+    thread enters the namespace and stays there: run_checks gives each check a thread of
+    its own, which ends with it."""
+    try:
+        _enter(check.netns)
+    except OSError as error:
+        return False, f"namespace {check.netns} is missing" if error.errno == 2 else f"setns: {error.strerror}"
+    try:
+        return _http(check) if check.kind == "http" else _tcp(check)
+    except socket.timeout:
+        return False, f"no answer in {TIMEOUT} s"
+    except ConnectionRefusedError:
+        return False, "connection refused"
+    except OSError as error:
+        return False, (error.strerror or str(error)).lower()
+    except http.client.HTTPException as error:
+        return False, str(error)
 
 
 def _tcp(check: LabCheck):
