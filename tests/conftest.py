@@ -90,6 +90,17 @@ def sandbox_prefix():
 
 
 @pytest.fixture
+def ssh_host(sandbox_prefix):
+    """An OpenSSH server in namespace {sandbox_prefix}-ssh-srv, reached from {sandbox_prefix}-ssh-cli
+    (tests/sshd.py); skipped without OpenSSH (a failure in CI), all removed after the test."""
+    import sshd
+
+    sshd.require_openssh()
+    with sshd.ssh_host(f"{sandbox_prefix}-ssh") as host:
+        yield host
+
+
+@pytest.fixture
 def state_dir(tmp_path):
     """A private NETLAB_STATE_DIR for the test's journals."""
     path = tmp_path / "state"
