@@ -55,6 +55,9 @@ HOST_NETNS_HELP = (
 NAME_HELP = "The lab's name on this host (see `netlab status`): its sandbox prefix, or its own name."
 
 _HOST_NETNS_OPTION = typer.Option(None, "--host-netns", metavar="NS", help=HOST_NETNS_HELP)
+_STEP_BY_STEP_OPTION = typer.Option(False, "--step-by-step", help=(
+    "Run (or undo) each step as a process of its own, as the documents do, instead of in batches. "
+    "Slower; the result is the same."))
 
 
 def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host_netns: Optional[str] = None):
@@ -106,12 +109,18 @@ def plan_command(
     host_netns: Optional[str] = _HOST_NETNS_OPTION,
     assignments: List[str] = _SET_OPTION,
     as_json: bool = typer.Option(False, "--json", help="A JSON object with the list of steps, for scripts."),
+    show_batches: bool = typer.Option(False, "--show-batches", help=(
+        "Show what `netlab up` actually runs on a clean host: the steps gathered into `ip -batch` "
+        "and `iptables-restore` processes, in rounds, and how `down` undoes them.")),
 ):
     """Print the numbered steps of a lab, each with its explanation and exact command. Runs nothing.
 
     Example: netlab plan egress-ingress --sandbox
     """
     plan = _make_plan(target, sandbox, assignments, host_netns)
+    if show_batches:
+        _print_batches(plan, as_json)
+        return
     if as_json:
         _print_json(plan.to_dict())
         return
@@ -120,6 +129,54 @@ def plan_command(
     for step in plan.steps:
         typer.echo(f"{step.index:3d}. {step.why}")
         typer.echo(f"     {step.command}")
+
+
+def _print_batches(plan, as_json: bool) -> None:
+    from netlab.batches import schedule, teardown
+
+    batches = schedule(plan.steps)
+    steps = {step.index: step for step in plan.steps}
+    undo = teardown(steps, [step.index for step in reversed(plan.steps)])
+    if as_json:
+        _print_json({**batches.to_dict(), "down": {
+            "alone": undo.alone, "rules": [batch.to_dict() for batch in undo.rules],
+            "delete": undo.delete, "covered": undo.covered, "leftovers": [list(link) for link in undo.leftovers]}})
+        return
+    processes = len(batches.batches)
+    typer.echo(f"# {plan.lab}: {len(plan.steps)} steps in {processes} processes, {len(batches.rounds)} rounds "
+               f"(the batches of a round run side by side)")
+    for number, round_ in enumerate(batches.rounds, 1):
+        typer.echo(f"round {number}:")
+        for batch in round_:
+            numbers = ", ".join(str(step.index) for step in batch.steps)
+            typer.echo(f"  {batch.command}    # step{'s' if len(batch.steps) > 1 else ''} {numbers}")
+            for line, unit in batch.input_lines():
+                note = "" if unit is None else "    # " + ", ".join(str(step.index) for step in unit.steps)
+                typer.echo(f"    {line}{note}")
+    typer.echo("down:")
+    for index in undo.alone:
+        typer.echo(f"  {steps[index].undo_command}    # step {index}")
+    for batch in undo.rules:
+        typer.echo(f"  {batch.command}    # steps {', '.join(str(step.index) for step in batch.steps)}")
+        for line, _ in batch.input_lines():
+            typer.echo(f"    {line}")
+    if undo.delete:
+        undone = undo.covered + undo.delete
+        typer.echo(f"  ip -force -batch -    # undoes step{'s' if len(undone) > 1 else ''} {_ranges(undone)}")
+        for line in undo.delete_input(steps).splitlines():
+            typer.echo(f"    {line}")
+
+
+def _ranges(numbers) -> str:
+    """1, 2, 3, 5 as 1-3, 5."""
+    numbers = sorted(numbers)
+    parts, start = [], None
+    for i, number in enumerate(numbers):
+        start = number if start is None else start
+        if i + 1 == len(numbers) or numbers[i + 1] != number + 1:
+            parts.append(str(start) if start == number else f"{start}-{number}")
+            start = None
+    return ", ".join(parts)
 
 
 @app.command("export")
@@ -155,6 +212,7 @@ def up_command(
     verify: bool = typer.Option(False, "--verify", help=(
         "Then run the lab's checks (see `netlab verify`); if one fails, take the lab down again "
         "and exit 1.")),
+    step_by_step: bool = _STEP_BY_STEP_OPTION,
 ):
     """Bring a lab up: run its steps in order, recording each in a journal first.
 
@@ -164,6 +222,9 @@ def up_command(
     (an identical rule, ip_forward already 1) is left alone, and `down` leaves
     it too. Running `up` again on a lab that is up changes nothing.
 
+    The steps run in batches (see `netlab plan --show-batches`): the same commands,
+    in few processes.
+
     Example: sudo netlab up egress-ingress --sandbox --verify
     """
     from netlab.progress import TerminalReporter
@@ -171,7 +232,7 @@ def up_command(
 
     plan = _make_plan(target, sandbox, assignments, host_netns)
     with TerminalReporter() as reporter:
-        outcome = up(plan, reporter=reporter)
+        outcome = up(plan, reporter=reporter, step_by_step=step_by_step)
     typer.echo(outcome.summary)
     if not verify:
         return
@@ -183,17 +244,21 @@ def up_command(
         raise NetlabError(f"a check failed; {plan.name} was up before this run and is left as it is "
                           f"(see: netlab doctor {plan.name})")
     with TerminalReporter() as reporter:
-        down(plan.name, reporter=reporter, exact=True)
+        down(plan.name, reporter=reporter, exact=True, step_by_step=step_by_step)
     raise NetlabError("a check failed; rolled back: the host is as it was")
 
 
 @app.command("down")
-def down_command(name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP)):
+def down_command(
+    name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
+    step_by_step: bool = _STEP_BY_STEP_OPTION,
+):
     """Take a lab down: undo, in reverse, every step its journal records.
 
     Only what the lab did is undone: what was there before is left, and a sysctl
     gets its old value back only if it still holds the lab's. Works after a crash
-    too; a lab that is not up is nothing to do (exit 0).
+    too; a lab that is not up is nothing to do (exit 0). A namespace the lab
+    created is deleted with everything in it, in one go.
 
     Example: sudo netlab down nl-ei
     """
@@ -201,7 +266,7 @@ def down_command(name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP)
     from netlab.runner import down
 
     with TerminalReporter() as reporter:
-        outcome = down(name, reporter=reporter)
+        outcome = down(name, reporter=reporter, step_by_step=step_by_step)
     typer.echo(outcome.summary)
 
 

@@ -71,14 +71,17 @@ class Executor:
             self._programs[name] = program
         return program
 
-    def run(self, argv: Sequence[str], netns: Optional[str] = None) -> Result:
+    def run(self, argv: Sequence[str], netns: Optional[str] = None, input: Optional[str] = None) -> Result:
+        """Run ARGV (in NETNS), with INPUT on its standard input if given."""
         from plumbum import ProcessTimedOut
 
         full = in_netns(netns, argv)
         runnable = in_netns(netns, _own_program(argv))
+        command = self._program(runnable[0])[runnable[1:]]
+        if input is not None:
+            command = command << input
         try:
-            code, out, err = self._program(runnable[0]).run(runnable[1:], retcode=None, new_session=True,
-                                                            timeout=COMMAND_TIMEOUT)
+            code, out, err = command.run(retcode=None, new_session=True, timeout=COMMAND_TIMEOUT)
         except ProcessTimedOut:
             return Result(full, TIMED_OUT, "", f"no answer after {COMMAND_TIMEOUT} s")
         return Result(full, code, out, err)

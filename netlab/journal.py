@@ -221,9 +221,15 @@ class Journal:
         self.records.append(record)
         self._write(record)
 
-    def _write(self, record: dict) -> None:
+    def append_many(self, records: List[dict]) -> None:
+        """Write RECORDS, one per line, and make them durable together (one fsync)."""
+        if records:
+            self.records.extend(records)
+            self._write(*records)
+
+    def _write(self, *records: dict) -> None:
         try:
-            self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._handle.write("".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records))
             self._handle.flush()
             os.fsync(self._handle.fileno())
         except OSError as error:

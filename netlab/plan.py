@@ -9,6 +9,7 @@ when a step becomes text (`Step.command`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -22,10 +23,15 @@ from netlab.topology import Address, Item, Link, Netns, Route, Topology, Veth
 SAVED = "{saved}"  # in an undo argv: the value the step's `save` command printed before it ran
 
 
+@functools.lru_cache(maxsize=8192)  # the same words come back in every step of a large lab
+def _quote(word: str) -> str:
+    return "!" if word == "!" else shlex.quote(word)
+
+
 def shell_join(argv) -> str:
     """argv as shell text. Like shlex.join, but a lone `!` stays bare, as the documents
     write it (`! -o br0`): a `!` followed by a blank is never history-expanded."""
-    return " ".join("!" if word == "!" else shlex.quote(word) for word in argv)
+    return " ".join(map(_quote, argv))
 
 
 def in_netns(netns: Optional[str], argv) -> Tuple[str, ...]:
@@ -144,10 +150,15 @@ class Plan:
         """The real name of the lab's namespace NAME (the sandbox prefixes it)."""
         return self.sandbox.netns(name) if self.sandbox else name
 
-    @property
+    @functools.cached_property
+    def step_dicts(self) -> Tuple[dict, ...]:
+        """Each step's to_dict(), made once (a large lab has thousands)."""
+        return tuple(step.to_dict() for step in self.steps)
+
+    @functools.cached_property
     def digest(self) -> str:
         """A hash of what the plan does: same digest, same commands."""
-        data = json.dumps([step.to_dict() for step in self.steps], sort_keys=True)
+        data = json.dumps(self.step_dicts, sort_keys=True)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -159,7 +170,7 @@ class Plan:
             "host_netns": self.host_netns,
             "params": dict(self.params),
             "digest": self.digest,
-            "steps": [step.to_dict() for step in self.steps],
+            "steps": list(self.step_dicts),
             "checks": [check.to_dict() for check in self.checks],
         }
 

@@ -20,7 +20,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from netlab import journal as journals
 from netlab.errors import InputError, NetlabError
@@ -105,7 +105,7 @@ def _header(plan: Plan) -> dict:
         "sandbox": plan.sandbox.prefix if plan.sandbox else None,
         "host_netns": plan.host_netns,
         "params": dict(plan.params),
-        "steps": [step.to_dict() for step in plan.steps],
+        "steps": list(plan.step_dicts),
         "checks": [check.to_dict() for check in plan.checks],
     }
 
@@ -124,8 +124,11 @@ def _current(path: Path, reporter: Reporter) -> Optional[journals.Journal]:
 
 # ---------------------------------------------------------------- up
 def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
-       executor: Optional[Executor] = None) -> Outcome:
-    """Apply PLAN: every step in place, or (after a failure or a signal) none of them."""
+       executor: Optional[Executor] = None, step_by_step: bool = False) -> Outcome:
+    """Apply PLAN: every step in place, or (after a failure or a signal) none of them.
+
+    The steps run in batches (netlab.batches), unless STEP_BY_STEP: one process each,
+    as the documents run them."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
     require_root("up")
@@ -155,10 +158,11 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
             _settle(record, plan, executor)
         with _DeferredSignals() as signals:
             try:
-                ran, found = _apply(plan, record, executor, reporter, signals)
+                apply = _apply if step_by_step else _apply_batched
+                ran, found = apply(plan, record, executor, reporter, signals)
                 record.append(up=True)
             except BaseException as error:
-                complete = _rollback(record, plan, executor, reporter)
+                complete = _rollback(record, plan, executor, reporter, step_by_step)
                 if not isinstance(error, NetlabError):
                     raise
                 after = ("rolled back: the host is as it was" if complete else
@@ -186,36 +190,159 @@ def _apply(plan: Plan, record: journals.Journal, executor: Executor, reporter: R
     ran = found = 0
     for step in plan.steps:
         signals.check(f"interrupted before step {step.index} of {total}")
-        if step.index in settled:
-            continue
-        if step.read_only:
-            reporter.step(step, total, "show")
-            result = executor.run_step(step)
-            if not result.ok:
-                raise _step_failed(plan, step, result)
-            reporter.output(step, result.stdout)
-            continue
-        if executor.in_effect(step):
-            record.append(found=step.index)
-            reporter.step(step, total, "found")
-            found += 1
-            continue
-        reporter.step(step, total, "run")
-        if step.save:
-            saved = executor.save(step)
-            if not saved.ok:
-                raise _step_failed(plan, step, saved)
-            record.append(saved=step.index, value=saved.stdout.strip())
-        record.append(start=step.index)
-        result = executor.run_step(step)
-        if not result.ok:
-            if result.code != TIMED_OUT:  # a step that timed out may have taken effect: its probe decides
-                record.append(failed=step.index)  # what it ran into was not the lab's: never undone
-            raise _step_failed(plan, step, result)
-        record.append(done=step.index)
-        ran += 1
+        if step.index not in settled:
+            outcome = _apply_step(plan, step, record, executor, reporter)
+            ran += outcome == "run"
+            found += outcome == "found"
     signals.check("interrupted after the last step")
     return ran, found
+
+
+def _apply_step(plan: Plan, step: Step, record: journals.Journal, executor: Executor, reporter: Reporter) -> str:
+    """Run one step the documents' way: probe, save, record `start`, run, record `done`.
+    Returns "run", "found" (in effect already: left alone) or "show" (read-only)."""
+    total = len(plan.steps)
+    if step.read_only:
+        reporter.step(step, total, "show")
+        result = executor.run_step(step)
+        if not result.ok:
+            raise _step_failed(plan, step, result)
+        reporter.output(step, result.stdout)
+        return "show"
+    if executor.in_effect(step):
+        record.append(found=step.index)
+        reporter.step(step, total, "found")
+        return "found"
+    reporter.step(step, total, "run")
+    if step.save:
+        saved = executor.save(step)
+        if not saved.ok:
+            raise _step_failed(plan, step, saved)
+        record.append(saved=step.index, value=saved.stdout.strip())
+    record.append(start=step.index)
+    _run_started(plan, step, record, executor)
+    return "run"
+
+
+def _run_started(plan: Plan, step: Step, record: journals.Journal, executor: Executor) -> None:
+    """Run a step whose `start` is recorded, and record how it ended."""
+    result = executor.run_step(step)
+    if not result.ok:
+        if result.code != TIMED_OUT:  # a step that timed out may have taken effect: its probe decides
+            record.append(failed=step.index)  # what it ran into was not the lab's: never undone
+        raise _step_failed(plan, step, result)
+    record.append(done=step.index)
+
+
+# ---------------------------------------------------------------- up, in batches
+WORKERS = 8  # batches of one round run side by side; they wait mostly on the kernel's locks
+
+
+def _parallel(function, items: Sequence) -> list:
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(WORKERS, len(items))) as pool:
+        return list(pool.map(function, items))
+
+
+def _existing_namespaces(executor: Executor) -> set:
+    listed = executor.run(("ip", "netns", "list"))
+    return {line.split()[0] for line in listed.stdout.splitlines() if line.strip()} if listed.ok else set()
+
+
+def _apply_batched(plan: Plan, record: journals.Journal, executor: Executor, reporter: Reporter,
+                   signals: _DeferredSignals):
+    """Apply the plan's steps in batches, with the journal's guarantees of `_apply`.
+
+    Only steps in a namespace this `up` creates skip their probe: nothing can be in
+    effect there before the lab. A batch's steps are recorded as started before it
+    runs and done after; a failed batch is gone through step by step (`_recover`).
+    """
+    from netlab.batches import SINGLE, created_netns, lane_of, schedule
+
+    total = len(plan.steps)
+    settled = record.done | record.found
+    pending = [step for step in plan.steps if step.index not in settled]
+    existing = _existing_namespaces(executor)
+    fresh = {created_netns(step) for step in pending if created_netns(step)} - existing
+    probed = [step for step in pending if lane_of(step) != SINGLE
+              and step.netns not in fresh and created_netns(step) not in fresh]
+    already = {step.index for step, state in zip(probed, _parallel(executor.in_effect, probed)) if state}
+    for step in probed:
+        if step.index in already:
+            reporter.step(step, total, "found")
+    record.append_many([{"found": index} for index in sorted(already)])
+    ran, found = 0, len(already)
+    for batches in schedule([step for step in pending if step.index not in already]).rounds:
+        signals.check(f"interrupted before step {batches[0].steps[0].index} of {total}")
+        together = [batch for batch in batches if batch.tool != SINGLE]
+        for batch in together:
+            for step in batch.steps:
+                reporter.step(step, total, "run")
+        record.append_many([{"start": step.index} for batch in together for step in batch.steps])
+        results = _parallel(lambda batch: executor.run(batch.argv, None, batch.input), together)
+        record.append_many([{"done": step.index} for batch, result in zip(together, results) if result.ok
+                            for step in batch.steps])
+        for batch, result in zip(together, results):
+            if result.ok:
+                ran += len(batch.steps)
+            else:
+                done, left = _recover(plan, batch, result, record, executor)
+                ran, found = ran + done, found + left
+        for batch in batches:
+            if batch.tool == SINGLE:
+                signals.check(f"interrupted before step {batch.steps[0].index} of {total}")
+                outcome = _apply_step(plan, batch.steps[0], record, executor, reporter)
+                ran += outcome == "run"
+                found += outcome == "found"
+    signals.check("interrupted after the last step")
+    return ran, found
+
+
+def _failed_line(batch, result: Result) -> Optional[int]:
+    """The input line a failed batch stopped at: `ip -batch` says `Command failed -:N`,
+    iptables-restore `line N`; None when it does not say (a syntax error)."""
+    import re
+
+    pattern = r"Command failed -:(\d+)" if batch.tool != "iptables" else r"\bline (\d+)"
+    match = re.search(pattern, result.stderr)
+    return int(match.group(1)) if match else None
+
+
+def _recover(plan: Plan, batch, result: Result, record: journals.Journal, executor: Executor):
+    """After BATCH failed: its steps are started; settle each, and run alone the ones not in
+    effect, so a failure names its step and says what the command said, as step by step.
+
+    `ip -batch` stops at the failing line: the lines before it are done. The failing
+    line did not take effect, so a step of it that is in effect was so before (found).
+    iptables-restore applies a table all or nothing, so only the probes can tell.
+    Returns (steps done, steps found)."""
+    line = _failed_line(batch, result) if result.code != TIMED_OUT else None
+    failing = batch.unit_at(line) if line else None
+    units = list(batch.units)
+    if failing is not None and batch.tool != "iptables":
+        before = units[: units.index(failing)]
+        record.append_many([{"done": step.index} for unit in before for step in unit.steps])
+        done = sum(len(unit.steps) for unit in before)
+        units = units[len(before):]
+    else:
+        done = 0
+    found = 0
+    for unit in units:
+        for step in unit.steps:
+            if executor.in_effect(step):
+                if unit is failing:
+                    record.append(found=step.index)
+                    found += 1
+                else:
+                    record.append(done=step.index)
+                    done += 1
+                continue
+            _run_started(plan, step, record, executor)
+            done += 1
+    return done, found
 
 
 def _step_failed(plan: Plan, step: Step, result: Result) -> StepFailed:
@@ -225,14 +352,16 @@ def _step_failed(plan: Plan, step: Step, result: Result) -> StepFailed:
                       step, result)
 
 
-def _rollback(record: journals.Journal, plan: Plan, executor: Executor, reporter: Reporter) -> bool:
+def _rollback(record: journals.Journal, plan: Plan, executor: Executor, reporter: Reporter,
+              step_by_step: bool = False) -> bool:
     """Undo what this `up` started, in reverse; True when everything is undone (journal removed)."""
     reporter.warn(f"{plan.name}: rolling back: undoing the steps done, in reverse")
     try:
         record.append(rollback=True)
     except NetlabError:
         pass  # the journal cannot be written (a full disk): undo all the same
-    _, _, failures = _undo_all(record, executor, reporter)
+    undo = _undo_all if step_by_step else _teardown
+    _, _, failures = undo(record, executor, reporter)
     if failures:
         record.close()
         return False
@@ -240,8 +369,9 @@ def _rollback(record: journals.Journal, plan: Plan, executor: Executor, reporter
     return True
 
 
-def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None):
-    """Undo the journal's started steps in reverse, each only if in effect.
+def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None, only=None):
+    """Undo the journal's started steps in reverse (or the steps ONLY, in that order),
+    each only if in effect.
 
     Returns (undone, already gone, failures). With SIGNALS, a signal stops it
     between steps (the journal is kept, so `down` finishes the work).
@@ -251,7 +381,7 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
     saved = record.saved
     done = record.done
     undone = gone = failures = 0
-    for index in record.to_undo():
+    for index in record.to_undo() if only is None else only:
         if signals is not None:
             signals.check(f"{record.name}: down interrupted; the journal is kept: run `netlab down {record.name}` "
                           f"to finish")
@@ -278,11 +408,85 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
     return undone, gone, failures
 
 
+LINK_GONE_TIMEOUT = 30  # seconds the kernel may take to finish deleting a namespace's veths
+
+
+def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None):
+    """Undo the journal's started steps with few processes (netlab.batches.teardown): lab
+    services and the like one by one, the host side's rules in one iptables-restore per
+    namespace, then the lab's namespaces deleted in one `ip -batch`, which takes
+    everything inside them along. Whatever a batch could not undo is undone step by step.
+    Returns (undone, already gone, failures), as `_undo_all`."""
+    from netlab.batches import teardown
+
+    steps = {step.index: step for step in record.steps()}
+    total = len(steps)
+    plan = teardown(steps, record.to_undo(), record.done)
+    undone, gone, failures = _undo_all(record, executor, reporter, signals, plan.alone)
+    for batch in plan.rules:
+        if signals is not None:
+            signals.check(f"{record.name}: down interrupted; the journal is kept: run `netlab down {record.name}` "
+                          f"to finish")
+        for step in batch.steps:
+            reporter.step(step, total, "undo")
+        if executor.run(batch.argv, None, batch.input).ok:
+            undone += len(batch.steps)
+        else:  # all or nothing: some rule was gone already, or in use; each one on its own
+            more = _undo_all(record, executor, reporter, None, [step.index for step in batch.steps])
+            undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
+    if plan.delete:
+        for index in plan.delete:
+            reporter.step(steps[index], total, "undo")
+        executor.run(("ip", "-force", "-batch", "-"), None, plan.delete_input(steps))  # -force: every line
+        left = _existing_namespaces(executor)
+        from netlab.batches import created_netns
+
+        stuck = [index for index in plan.delete if created_netns(steps[index]) in left]
+        undone += len(plan.delete) - len(stuck) + len(plan.covered)
+        if stuck:  # each on its own, to say why
+            more = _undo_all(record, executor, reporter, None, stuck)
+            undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
+        failures += _wait_until_gone(plan.leftovers, executor, reporter)
+    return undone, gone, failures
+
+
+def _wait_until_gone(links, executor: Executor, reporter: Reporter) -> int:
+    """Wait until LINKS ((netns, name) pairs) are gone: the kernel deletes a namespace's
+    veths after `ip netns del` returns, and a rebuild would collide with their names.
+    Returns 1 (a failure) if some are still there after LINK_GONE_TIMEOUT seconds."""
+    import time
+
+    by_netns = {}
+    for netns, name in links:
+        by_netns.setdefault(netns, set()).add(name)
+    deadline = time.monotonic() + LINK_GONE_TIMEOUT
+    delay = 0.002
+    while by_netns:
+        for netns in list(by_netns):
+            listed = executor.run(("ip", "-o", "link", "show"), netns)
+            present = {line.split(":")[1].strip().split("@")[0] for line in listed.stdout.splitlines()
+                       if line.count(":") >= 2}
+            by_netns[netns] &= present if listed.ok else set()
+            if not by_netns[netns]:
+                del by_netns[netns]
+        if not by_netns:
+            break
+        if time.monotonic() > deadline:
+            names = ", ".join(sorted(name for names in by_netns.values() for name in names))
+            reporter.warn(f"the kernel has not yet removed {names} after {LINK_GONE_TIMEOUT} s")
+            return 1
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return 0
+
+
 # ---------------------------------------------------------------- down
 def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
-         executor: Optional[Executor] = None, exact: bool = False) -> Outcome:
+         executor: Optional[Executor] = None, exact: bool = False, step_by_step: bool = False) -> Outcome:
     """Undo the lab called NAME on this host (or, unless EXACT, the one lab whose own
-    name is NAME); a lab that is not up is nothing to do."""
+    name is NAME); a lab that is not up is nothing to do. Namespaces the lab created are
+    deleted with what is in them (`_teardown`), unless STEP_BY_STEP: each step undone
+    on its own, as the documents would."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
     require_root("down")
@@ -302,7 +506,8 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
         record.open_for_append()
         record.append(rollback=True)
         with _DeferredSignals() as signals:
-            undone, gone, failures = _undo_all(record, executor, reporter, signals)
+            undo = _undo_all if step_by_step else _teardown
+            undone, gone, failures = undo(record, executor, reporter, signals)
         if failures:
             record.close()
             raise NetlabError(f"{real_name}: {failures} step(s) could not be undone (above); the journal is kept: "

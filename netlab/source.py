@@ -96,28 +96,44 @@ def load(target: str, params: Optional[Mapping[str, str]] = None, sandbox: bool 
 
 
 def read_yaml(text: str, label: str):
+    """TEXT as plain data (YAML's safe subset); a key given twice is an error, as is a key
+    that is not a plain word. libyaml parses when it is there (a large lab in a blink)."""
     import yaml
 
-    class StrictLoader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader, node, deep=False):
-        keys = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise InputError(f"line {line}: a key must be a plain word, not {type(key).__name__}", label)
-            if key in keys:
-                raise InputError(f"line {line}: key {key!r} appears twice", label)
-            keys.add(key)
-        return loader.construct_mapping(node, deep)
-
-    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        try:
+            node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)  # the same error, in PyYAML's own words
+        return None if node is None else _construct(node, label, yaml.constructor.SafeConstructor())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise InputError(f"{where}not valid YAML: {problem}", label) from None
+
+
+_STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+def _construct(node, label: str, scalars):
+    """Python data from a composed YAML node: mappings to dicts (keys checked), sequences
+    to lists, scalars by their resolved tag (SCALARS, a SafeConstructor, does the rare ones)."""
+    import yaml
+
+    if node.tag not in (_MAP, _SEQ, _STR):
+        return scalars.construct_object(node)  # refuses what the safe subset does not know
+    if isinstance(node, yaml.MappingNode):
+        data = {}
+        for key_node, value_node in node.value:
+            key = _construct(key_node, label, scalars)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise InputError(f"line {line}: a key must be a plain word, not {type(key).__name__}", label)
+            if key in data:
+                raise InputError(f"line {line}: key {key!r} appears twice", label)
+            data[key] = _construct(value_node, label, scalars)
+        return data
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, label, scalars) for item in node.value]
+    return node.value

@@ -39,6 +39,7 @@ def environment():
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        auto_reload=False,  # templates do not change while netlab runs: no stat per render
     )
     env.filters["route_target"] = route_target
     return env

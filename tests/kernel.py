@@ -28,11 +28,21 @@ def iptables_rules(netns: str) -> str:
     return "\n".join(lines)
 
 
+def _peer_namespaces(links: list, netns: str) -> list:
+    """LINKS with each veth peer's namespace by name: the kernel's id for it (link_netnsid)
+    is handed out on first use, so its number says when, not where."""
+    names = {entry["nsid"]: entry.get("name") for entry in _json("ip", "-n", netns, "-j", "netns", "list-id")}
+    for link in links:
+        if "link_netnsid" in link:
+            link["link_netns"] = names.get(link.pop("link_netnsid"), "unnamed")
+    return links
+
+
 def netns_snapshot(netns: str) -> dict:
     exec_ = ("ip", "netns", "exec", netns)
     return {
-        "links": _json(*exec_, "ip", "-j", "-d", "link", "show"),
-        "addresses": _json(*exec_, "ip", "-j", "addr", "show"),
+        "links": _peer_namespaces(_json(*exec_, "ip", "-j", "-d", "link", "show"), netns),
+        "addresses": _peer_namespaces(_json(*exec_, "ip", "-j", "addr", "show"), netns),
         "routes": _json(*exec_, "ip", "-j", "route", "show", "table", "all"),
         "iptables": iptables_rules(netns),
         "sysctls": {key: sh(*exec_, "sysctl", "-n", key, check=True).stdout.strip() for key in SYSCTLS},
@@ -58,28 +68,34 @@ def changes(before: dict, after: dict) -> list:
     return lines
 
 
-def settled(state: dict, prefix: str = "") -> dict:
+def settled(state: dict, prefix: str = "", indexes: bool = False) -> dict:
     """A snapshot of a live lab without what the kernel changes on its own as time
     passes: timers, IPv6 autoconfiguration (the labs are IPv4 only), carrier and
     operstate while links settle. MAC addresses (random) and PREFIX are masked,
-    so two sandboxes of one lab compare equal."""
+    so two sandboxes of one lab compare equal. With INDEXES, interface indexes
+    are masked too: they follow the order in which links were made, not what
+    they are (a veth end made in its namespace gets that namespace's next one,
+    a moved one keeps its own)."""
     text = json.dumps(state, sort_keys=True)
     if prefix:
         text = text.replace(prefix, "PREFIX")
     text = re.sub(r'"([0-9a-f]{2}:){5}[0-9a-f]{2}"', '"MAC"', text)
     text = re.sub(r'"[0-9a-f]{4}\.[0-9a-f]{1,2}(:[0-9a-f]{1,2}){5}"', '"BRIDGE-ID"', text)  # no leading zeros
-    return _strip(json.loads(text))
+    return _strip(json.loads(text), indexes)
 
 
-def _strip(value):
+def _strip(value, indexes=False):
     if isinstance(value, list):
-        return [_strip(item) for item in value
+        return [_strip(item, indexes) for item in value
                 if not (isinstance(item, dict) and (item.get("family") == "inet6" or ":" in str(item.get("dst", ""))))
                 and item != "NO-CARRIER"]
     if isinstance(value, dict):
-        return {key: _strip(item) for key, item in value.items()
+        return {key: "INDEX" if indexes and key in INDEXES else _strip(item, indexes) for key, item in value.items()
                 if not key.endswith("_timer") and key not in ("operstate", "tentative")}
     return value
+
+
+INDEXES = ("ifindex", "link_index")  # numbers the kernel hands out in creation order
 
 
 def star_lab(count: int, name: str = "star") -> str:

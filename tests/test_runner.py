@@ -3,7 +3,11 @@
 Every lab runs in sandbox mode, most with `--host-netns` on a namespace the
 test made (the harness plays the host, so its state can be snapshotted before
 and after). Faults are real failing commands: a wrapper directory first in
-PATH fails the one invocation whose argv is the chosen step's, before it runs.
+PATH fails the invocation whose argv is the chosen step's, before it runs; in
+a batch (`ip -batch`, `iptables-restore`), the line that carries the step
+fails, as the real tool would fail it: `ip` runs the lines before it and says
+`Command failed -:N`, iptables-restore applies nothing. The runner's two ways,
+batched (the default) and `--step-by-step`, face the same faults.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ import pytest
 
 import netlab
 from conftest import namespaces, sh
+from netlab.source import catalog
 from kernel import changes, iptables_rules, netns_snapshot, settled, snapshot, star_lab
 
 pytestmark = pytest.mark.root
-TOOLS = ("ip", "iptables", "sysctl")
+TOOLS = ("ip", "iptables", "sysctl", "iptables-restore")
+MODES = ("batched", "step-by-step")
+
+
+def _mode(mode: str) -> tuple:
+    return ("--step-by-step",) if mode == "step-by-step" else ()
 
 
 def _steps(lab: str) -> int:
@@ -43,10 +53,14 @@ class Netlab:
         self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir),  # netlab on PATH for a script's services
                     "PATH": f"{wrappers}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
         self.env.pop("NETLAB_TEST_FAIL", None)
+        self.env.pop("NETLAB_TEST_FAIL_LINE", None)
 
-    def fail(self, argv) -> None:
-        """Make the command ARGV (as run from the root namespace) fail, once per run, before it runs."""
+    def fail(self, argv, line=None) -> None:
+        """Make the command ARGV (as run from the root namespace) fail before it runs, and
+        a batch fail at LINE (the step's line in it)."""
         self.env["NETLAB_TEST_FAIL"] = " ".join(argv)
+        if line is not None:
+            self.env["NETLAB_TEST_FAIL_LINE"] = line
 
     def argv(self, *args):
         return [sys.executable, "-m", "netlab", *map(str, args)]
@@ -82,21 +96,43 @@ class Netlab:
         return found
 
 
+_BATCH_FAULT = {  # how each tool fails a batch at line $n, after reading its input into $input
+    "ip": 'head -n $((n - 1)) <<< "$input" | {real} "$@" || exit\n'
+          '  echo "injected failure: $line" >&2; echo "Command failed -:$n" >&2; exit 1',
+    "iptables-restore": 'echo "injected failure: line $n failed: $line" >&2; exit 1',
+}
+
+
 @pytest.fixture(scope="session")
 def wrappers(tmp_path_factory) -> Path:
-    """ip, iptables and sysctl wrappers: the call whose words equal $NETLAB_TEST_FAIL fails."""
+    """Wrappers of the tools: the call whose words equal $NETLAB_TEST_FAIL fails, and a
+    batch whose input has the line $NETLAB_TEST_FAIL_LINE fails there."""
     directory = tmp_path_factory.mktemp("fault-wrappers")
     for tool in TOOLS:
         real = shutil.which(tool)
         assert real, f"{tool} is not installed"
-        path = directory / tool
-        path.write_text(
+        batch = _BATCH_FAULT.get(tool)
+        reads_input = '" $* " == *" -batch - "*' if tool == "ip" else "true"
+        text = (
             "#!/bin/bash\n"
             f'if [[ -n ${{NETLAB_TEST_FAIL:-}} && "{tool} $*" == "$NETLAB_TEST_FAIL" ]]; then\n'
             f'  echo "injected failure: {tool} $*" >&2; exit 1\n'
             "fi\n"
-            f'exec {real} "$@"\n'
         )
+        if batch:
+            text += (
+                f'if [[ -n ${{NETLAB_TEST_FAIL_LINE:-}} ]] && [[ {reads_input} ]]; then\n'
+                '  input=$(cat); n=0\n'
+                '  while IFS= read -r line; do\n'
+                '    n=$((n + 1))\n'
+                '    [[ $line == "$NETLAB_TEST_FAIL_LINE" ]] || continue\n'
+                f'    {batch.format(real=real)}\n'
+                '  done <<< "$input"\n'
+                f'  exec {real} "$@" <<< "$input"\n'
+                "fi\n"
+            )
+        path = directory / tool
+        path.write_text(text + f'exec {real} "$@"\n')
         path.chmod(0o755)
     return directory
 
@@ -135,22 +171,38 @@ def _fault_target(step):
     return ("ip", "netns", "exec", step.netns, *argv) if step.netns else argv
 
 
+def _fault_line(plan, step):
+    """The line of the batch that carries STEP, when the batched runner runs it in one."""
+    from netlab.batches import schedule
+
+    for batch in schedule(plan.steps).batches:
+        for unit in batch.units:
+            if step in unit.steps:
+                return unit.line
+    raise AssertionError(f"step {step.index} is in no batch")
+
+
+def _inject(cli, plan, step, mode) -> None:
+    cli.fail(_fault_target(step), _fault_line(plan, step) if mode == "batched" else None)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("lab,k,total", FAULTS, ids=[f"{lab}-step{k:02d}of{total}" for lab, k, total in FAULTS])
-def test_a_failing_step_rolls_back_to_the_snapshot(cli, sandbox_prefix, harness, lab, k, total):
+def test_a_failing_step_rolls_back_to_the_snapshot(cli, sandbox_prefix, harness, lab, k, total, mode):
     """The harness plays the host: its state before `up` is what a failed `up` must leave."""
     plan = _plan(lab, sandbox_prefix, harness)
     assert len(plan.steps) == total
     step = plan.steps[k - 1]
     before = snapshot(sandbox_prefix)
-    cli.fail(_fault_target(step))
+    _inject(cli, plan, step, mode)
 
-    result = cli.run("up", lab, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    result = cli.run("up", lab, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
 
     if step.netns == harness and step.argv == ("ip", "link", "set", "lo", "up"):
         # the harness's lo is up, as on any host: the step is found in effect and never runs
         assert result.returncode == 0, result.stderr
         assert f"[{k}/{total}] already in effect, left as it was: {step.command}" in result.stdout
-        cli.ok("down", sandbox_prefix)
+        cli.ok("down", sandbox_prefix, *_mode(mode))
     else:
         assert result.returncode == 1, result.stdout + result.stderr
         error = result.stderr.strip().splitlines()[-1]
@@ -166,16 +218,51 @@ SANDBOX_FAULTS = [(lab, k, total) for lab in ("egress-ingress", "bridge-3ns")
                   for total in [len(netlab.make_plan(lab, sandbox="x").steps)] for k in range(1, total + 1)]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("lab,k,total", SANDBOX_FAULTS,
                          ids=[f"{lab}-step{k:02d}of{total}" for lab, k, total in SANDBOX_FAULTS])
-def test_a_failing_step_in_a_sandbox_leaves_no_namespace(cli, sandbox_prefix, lab, k, total):
+def test_a_failing_step_in_a_sandbox_leaves_no_namespace(cli, sandbox_prefix, lab, k, total, mode):
     """The sandbox's own host namespace: every step runs (none is found in effect), so every one can fail."""
-    step = _plan(lab, sandbox_prefix).steps[k - 1]
-    cli.fail(_fault_target(step))
-    result = cli.run("up", lab, "--sandbox", sandbox_prefix)
+    plan = _plan(lab, sandbox_prefix)
+    step = plan.steps[k - 1]
+    _inject(cli, plan, step, mode)
+    result = cli.run("up", lab, "--sandbox", sandbox_prefix, *_mode(mode))
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"step {k} of {total} failed: {step.command}: injected failure" in result.stderr
     assert result.stderr.strip().endswith("rolled back: the host is as it was")
+    assert snapshot(sandbox_prefix) == {}
+    assert not cli.journal(sandbox_prefix).exists()
+
+
+BAD_ROUTE = """\
+name: bad-route
+title: A route through a gateway on a link that is down
+steps:
+  - netns: ns0
+  - address: 192.0.2.5/24
+    dev: lo
+    netns: ns0
+  - route: default
+    via: 192.0.2.1
+    netns: ns0
+"""
+
+
+def test_a_batch_that_fails_for_real_names_its_step(cli, sandbox_prefix, tmp_path):
+    """No wrapper: the kernel refuses the route (lo is down, so no route reaches the
+    gateway) inside the namespace's `ip -batch`; the error names that step with the
+    kernel's own words, and everything is rolled back."""
+    topology = tmp_path / "bad-route.yaml"
+    topology.write_text(BAD_ROUTE)
+    plan = _plan(topology, sandbox_prefix)
+    route = plan.steps[-1]
+    assert route.argv == ("ip", "route", "add", "default", "via", "192.0.2.1")
+    result = cli.run("up", topology, "--sandbox", sandbox_prefix)
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"netlab: error: {sandbox_prefix}: step {route.index} of {len(plan.steps)} failed: "
+                            f"{route.command}: "), error
+    assert "Nexthop has invalid gateway" in error and error.endswith("rolled back: the host is as it was"), error
     assert snapshot(sandbox_prefix) == {}
     assert not cli.journal(sandbox_prefix).exists()
 
@@ -213,12 +300,15 @@ def _kill_after(cli, name, process, started: int) -> int:
     return len(cli.records(name, "start"))
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("started", [1, 12, 100, 250, 400])
-def test_kill_9_during_up_then_down_restores_the_snapshot(cli, sandbox_prefix, harness, star50, started):
+def test_kill_9_during_up_then_down_restores_the_snapshot(cli, sandbox_prefix, harness, star50, started, mode):
+    """Batched, the starts of a round are recorded together: the kill lands after the
+    first round whose records reach STARTED, while its batches run."""
     total = len(_plan(star50, sandbox_prefix, harness).steps)
     assert started < total
     before = snapshot(sandbox_prefix)
-    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
     reached = _kill_after(cli, sandbox_prefix, process, started)
     assert reached >= started
     if cli.records(sandbox_prefix, "done"):  # a kill right after the first start may beat its `ip`
@@ -226,17 +316,24 @@ def test_kill_9_during_up_then_down_restores_the_snapshot(cli, sandbox_prefix, h
 
     status = json.loads(cli.run("status", "--json").stdout)["labs"]
     assert [(lab["name"], lab["state"]) for lab in status] == [(sandbox_prefix, "partial")]
-    out = cli.ok("down", sandbox_prefix)
+    out = cli.ok("down", sandbox_prefix, *_mode(mode))
     assert out.strip().splitlines()[-1].startswith(f"{sandbox_prefix} is down:")
     assert changes(before, snapshot(sandbox_prefix)) == []
     assert not cli.journal(sandbox_prefix).exists()
 
 
-def test_kill_9_during_down_then_down_again_converges(cli, sandbox_prefix, harness, star50):
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_9_during_down_then_down_again_converges(cli, sandbox_prefix, harness, star50, mode):
     before = snapshot(sandbox_prefix)
     cli.ok("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
-    process = cli.start("down", sandbox_prefix)
-    time.sleep(0.5)  # part of the way through the undo
+    process = cli.start("down", sandbox_prefix, *_mode(mode))
+    if mode == "step-by-step":
+        time.sleep(0.5)  # part of the way through the undo
+    else:  # batched, a down is over in a blink: kill it as soon as it has begun
+        deadline = time.monotonic() + 60
+        while not cli.records(sandbox_prefix, "rollback") and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
     process.kill()
     process.wait()
     _wait_for_group_gone(process.pid)
@@ -244,10 +341,11 @@ def test_kill_9_during_down_then_down_again_converges(cli, sandbox_prefix, harne
     assert changes(before, snapshot(sandbox_prefix)) == []
 
 
-def test_kill_9_then_up_again_goes_on_where_it_stopped(cli, sandbox_prefix, harness, star50):
-    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_9_then_up_again_goes_on_where_it_stopped(cli, sandbox_prefix, harness, star50, mode):
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
     _kill_after(cli, sandbox_prefix, process, 150)
-    out = cli.ok("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    out = cli.ok("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
     assert f"{sandbox_prefix} is up:" in out
     status = cli.run("status", sandbox_prefix, "--json")
     assert status.returncode == 0, status.stdout
@@ -257,10 +355,11 @@ def test_kill_9_then_up_again_goes_on_where_it_stopped(cli, sandbox_prefix, harn
     cli.ok("down", sandbox_prefix)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_during_up_rolls_back(cli, sandbox_prefix, harness, star50, signum):
+def test_a_signal_during_up_rolls_back(cli, sandbox_prefix, harness, star50, signum, mode):
     before = snapshot(sandbox_prefix)
-    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
     deadline = time.monotonic() + 60
     while len(cli.records(sandbox_prefix, "start")) < 60:
         assert process.poll() is None and time.monotonic() < deadline
@@ -354,7 +453,8 @@ def test_up_twice_changes_nothing_and_a_changed_plan_is_refused(cli, sandbox_pre
 
 
 def test_a_concurrent_up_of_the_same_lab_fails_at_once(cli, sandbox_prefix, harness, star50):
-    first = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    """The first runs step by step: batched, it could be over before the second starts."""
+    first = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, "--step-by-step")
     deadline = time.monotonic() + 60
     while len(cli.records(sandbox_prefix, "start")) < 5:
         assert first.poll() is None and time.monotonic() < deadline
@@ -373,7 +473,7 @@ def test_a_concurrent_up_of_the_same_lab_fails_at_once(cli, sandbox_prefix, harn
 
 
 def test_different_labs_run_side_by_side(cli, sandbox_prefix, star50):
-    first = cli.start("up", star50, "--sandbox", f"{sandbox_prefix}a")
+    first = cli.start("up", star50, "--sandbox", f"{sandbox_prefix}a", "--step-by-step")
     deadline = time.monotonic() + 60
     while not cli.records(f"{sandbox_prefix}a", "start"):  # the first holds its lock
         assert first.poll() is None and time.monotonic() < deadline
@@ -408,6 +508,24 @@ def test_status_shows_a_rule_deleted_by_hand_as_missing(cli, sandbox_prefix):
     assert snapshot(sandbox_prefix) == {}
 
 
+# ------------------------------------------------------------ batched and step by step agree
+@pytest.mark.parametrize("lab", [lab.name for lab in catalog()] + ["star50"])
+def test_batched_and_step_by_step_build_the_same_lab(cli, sandbox_prefix, star50, lab):
+    """What ends up in the kernel is what the plan says, whichever way it runs: the same
+    snapshot (interface indexes aside: they follow the order links were made in)."""
+    target = star50 if lab == "star50" else lab
+    batched, one_by_one = f"{sandbox_prefix}b", f"{sandbox_prefix}s"
+    try:
+        cli.ok("up", target, "--sandbox", batched)
+        cli.ok("up", target, "--sandbox", one_by_one, "--step-by-step")
+        assert settled(snapshot(batched), batched, indexes=True) == \
+            settled(snapshot(one_by_one), one_by_one, indexes=True)
+    finally:
+        cli.ok("down", batched)
+        cli.ok("down", one_by_one, "--step-by-step")
+    assert snapshot(batched) == {} and snapshot(one_by_one) == {}
+
+
 # ------------------------------------------------------------ the script agrees
 @pytest.mark.parametrize("lab", ["egress-ingress", "bridge-3ns"])
 def test_the_exported_script_and_the_runner_build_the_same_lab(cli, sandbox_prefix, tmp_path, lab):
@@ -418,7 +536,8 @@ def test_the_exported_script_and_the_runner_build_the_same_lab(cli, sandbox_pref
     run = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, env=cli.env, timeout=120)
     assert run.returncode == 0, run.stderr
     try:
-        assert settled(snapshot(by_runner), by_runner) == settled(snapshot(by_script), by_script)
+        assert settled(snapshot(by_runner), by_runner, indexes=True) == \
+            settled(snapshot(by_script), by_script, indexes=True)
     finally:
         cli.ok("down", by_runner)
         subprocess.run(["bash", str(script), "down"], capture_output=True, env=cli.env, timeout=120)
