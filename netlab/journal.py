@@ -162,19 +162,24 @@ class Journal:
     header: dict
     records: List[dict] = field(default_factory=list)
     _handle: Optional[object] = field(default=None, repr=False)
+    _steps: Optional[tuple] = field(default=None, repr=False)  # the plan's Steps, when this process wrote it
 
     # ------------------------------------------------------------ creating, reading
     @classmethod
-    def create(cls, path: Path, header: dict) -> "Journal":
+    def create(cls, path: Path, header: dict, steps=None) -> "Journal":
         """A new journal holding HEADER: written beside PATH, then linked into place, so
-        a crash never leaves a journal without its header."""
+        a crash never leaves a journal without its header. With STEPS (the plan's), the
+        header's `steps` is written from them a step at a time and not kept in memory."""
         header = {"netlab_journal": FORMAT, "pid": os.getpid(), "boot_id": boot_id(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **header}
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            journal = cls(path, header, [], os.fdopen(fd, "a", encoding="utf-8"))
-            journal._write(header)
+            journal = cls(path, header, [], os.fdopen(fd, "a", encoding="utf-8"), steps)
+            if steps is None:
+                journal._write(header)
+            else:
+                journal._write_header(header, steps)
             os.link(temporary, path)
             _fsync_directory(path.parent)
         except OSError as error:
@@ -196,9 +201,9 @@ class Journal:
         with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
         parsed = []
-        for line in lines:
+        for number, line in enumerate(lines):
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_hook=_step_or_dict if number == 0 else None)
             except ValueError:
                 continue
             if isinstance(record, dict):
@@ -226,6 +231,19 @@ class Journal:
         if records:
             self.records.extend(records)
             self._write(*records)
+
+    def _write_header(self, header: dict, steps) -> None:
+        """HEADER plus `"steps": [...]` from STEPS, as one JSON line, written piece by piece."""
+        head = json.dumps(header, separators=(",", ":"))
+        try:
+            self._handle.write(head[:-1] + (',"steps":[' if len(header) else '"steps":['))
+            for i, step in enumerate(steps):
+                self._handle.write(("," if i else "") + json.dumps(step.to_dict(), separators=(",", ":")))
+            self._handle.write("]}\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as error:
+            raise NetlabError(f"cannot write the journal {self.path}: {error.strerror or error}") from None
 
     def _write(self, *records: dict) -> None:
         try:
@@ -264,7 +282,10 @@ class Journal:
     def steps(self):
         from netlab.plan import Step
 
-        return tuple(Step.from_dict(data["index"], data) for data in self.header["steps"])
+        if self._steps is not None:
+            return tuple(self._steps)
+        return tuple(data if isinstance(data, Step) else Step.from_dict(data["index"], data)
+                     for data in self.header["steps"])
 
     def _indexes(self, key: str) -> List[int]:
         return [record[key] for record in self.records if isinstance(record.get(key), int)]
@@ -308,6 +329,19 @@ class Journal:
         """The steps to undo, in reverse: started, not failed (what it met was not the lab's)."""
         failed = self.failed
         return [index for index in reversed(self.started) if index not in failed]
+
+
+_STEP_KEYS = frozenset(("index", "netns", "argv", "why", "undo", "probe", "save"))
+
+
+def _step_or_dict(data: dict):
+    """For the header's JSON: a step becomes a Step as soon as it is parsed, so a large
+    lab's journal never holds all its steps as dicts at once."""
+    if _STEP_KEYS <= data.keys():
+        from netlab.plan import Step
+
+        return Step.from_dict(data["index"], data)
+    return data
 
 
 def journal_path(directory: Path, name: str) -> Path:

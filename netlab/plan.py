@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import json
 import shlex
+import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -98,13 +99,24 @@ class Step:
         probe = data["probe"]
         return cls(
             index=index,
-            netns=data["netns"],
-            argv=tuple(data["argv"]),
+            netns=_words(data["netns"]),
+            argv=_words(data["argv"]),
             why=data["why"],
-            undo=None if data["undo"] is None else tuple(data["undo"]),
-            probe=None if probe is None else Probe(probe["netns"], tuple(probe["argv"]), probe["match"], probe["value"]),
-            save=None if data["save"] is None else tuple(data["save"]),
+            undo=_words(data["undo"]),
+            probe=None if probe is None else Probe(_words(probe["netns"]), _words(probe["argv"]), probe["match"],
+                                                   probe["value"]),
+            save=_words(data["save"]),
         )
+
+
+def _words(value):
+    """A word, or a list of words as a tuple, each interned: a large lab repeats the same
+    few hundred words (ip, link, set, a namespace's name) tens of thousands of times."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return sys.intern(value)
+    return tuple(map(sys.intern, value))
 
 
 @dataclass(frozen=True)
@@ -151,15 +163,14 @@ class Plan:
         return self.sandbox.netns(name) if self.sandbox else name
 
     @functools.cached_property
-    def step_dicts(self) -> Tuple[dict, ...]:
-        """Each step's to_dict(), made once (a large lab has thousands)."""
-        return tuple(step.to_dict() for step in self.steps)
-
-    @functools.cached_property
     def digest(self) -> str:
-        """A hash of what the plan does: same digest, same commands."""
-        data = json.dumps(self.step_dicts, sort_keys=True)
-        return hashlib.sha256(data.encode()).hexdigest()[:16]
+        """A hash of what the plan does: same digest, same commands. The JSON list of the
+        steps is hashed a step at a time, so a large lab's never sits in memory whole."""
+        digest = hashlib.sha256(b"[")
+        for i, step in enumerate(self.steps):
+            digest.update(((", " if i else "") + json.dumps(step.to_dict(), sort_keys=True)).encode())
+        digest.update(b"]")
+        return digest.hexdigest()[:16]
 
     def to_dict(self) -> dict:
         return {
@@ -170,7 +181,7 @@ class Plan:
             "host_netns": self.host_netns,
             "params": dict(self.params),
             "digest": self.digest,
-            "steps": list(self.step_dicts),
+            "steps": [step.to_dict() for step in self.steps],
             "checks": [check.to_dict() for check in self.checks],
         }
 

@@ -105,7 +105,6 @@ def _header(plan: Plan) -> dict:
         "sandbox": plan.sandbox.prefix if plan.sandbox else None,
         "host_netns": plan.host_netns,
         "params": dict(plan.params),
-        "steps": list(plan.step_dicts),
         "checks": [check.to_dict() for check in plan.checks],
     }
 
@@ -141,7 +140,7 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
         path = journals.journal_path(directory, plan.name)
         record = _current(path, reporter)
         if record is None:
-            record = journals.Journal.create(path, _header(plan))
+            record = journals.Journal.create(path, _header(plan), plan.steps)
         else:
             if record.digest != plan.digest:
                 raise LabConflict(
