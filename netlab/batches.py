@@ -42,7 +42,7 @@ from netlab.plan import Step, in_netns
 
 NETNS, IP, IPTABLES, SINGLE = "netns", "ip", "iptables", "single"
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_.:/=,+@%!-]+")  # needs no quoting in an `ip -batch` or restore line
-_VETH = ("link", "add")
+_LINK_ADD = ("link", "add")
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def netns_mentions(argv: Sequence[str]) -> List[str]:
 
 def _veth(argv: Sequence[str]) -> Optional[Tuple[str, str, Optional[str]]]:
     """(NAME, PEER, PEER_NETNS) for `ip link add NAME type veth peer name PEER [netns X]`."""
-    if len(argv) in (9, 11) and argv[1:3] == _VETH and argv[4:8] == ("type", "veth", "peer", "name"):
+    if len(argv) in (9, 11) and argv[1:3] == _LINK_ADD and argv[4:8] == ("type", "veth", "peer", "name"):
         if len(argv) == 9:
             return argv[3], argv[8], None
         if argv[9] == "netns":
@@ -194,25 +194,26 @@ class _Touches:
         return found is not None and found < before
 
 
-def _fuse(steps: Sequence[Step]) -> List[Unit]:
-    """Units in plan order; a veth creation absorbs the later steps it can do itself."""
+def _fuse(steps: Sequence[Step], lanes: Dict[int, str]) -> List[Unit]:
+    """Units in plan order; a veth creation absorbs the later steps it can do itself.
+    LANES: lane_of() of each step, by index."""
     touches = _Touches(steps)
-    created_at: Dict[Tuple[Optional[str], str], int] = {}  # a namespace's or a link's creation
+    netns_made: Dict[str, int] = {}  # where each namespace, and each link, is created
+    link_made: Dict[Tuple[Optional[str], str], int] = {}
     for position, step in enumerate(steps):
         name = created_netns(step)
         if name:
-            created_at.setdefault((None, "netns:" + name), position)
-        elif step.argv[1:3] == _VETH and len(step.argv) > 3:
-            created_at.setdefault((step.netns, step.argv[3]), position)
+            netns_made.setdefault(name, position)
+        elif step.argv[1:3] == _LINK_ADD and len(step.argv) > 3:
+            link_made.setdefault((step.netns, step.argv[3]), position)
 
-    def exists_before(netns: Optional[str], what: str, position: int) -> bool:
-        made = created_at.get((netns, what))
+    def before(made: Optional[int], position: int) -> bool:
         return made is None or made < position  # made by an earlier step, or not the lab's
 
     fused: Dict[int, Tuple[List[int], str]] = {}  # creation position -> (positions it carries, its line)
     taken: Set[int] = set()
     for position, step in enumerate(steps):
-        veth = _veth(step.argv) if lane_of(step) == IP else None
+        veth = _veth(step.argv) if lanes[step.index] == IP else None
         if veth is None:
             continue
         name, peer, peer_netns = veth
@@ -226,13 +227,13 @@ def _fuse(steps: Sequence[Step]) -> List[Unit]:
                 if later is None or later in taken:
                     break
                 other = steps[later]
-                link_set = _link_set(other.argv) if lane_of(other) == IP else None
+                link_set = _link_set(other.argv) if lanes[other.index] == IP else None
                 if link_set is None or link_set[0] != end:
                     break
                 args = link_set[1]
                 if (other.netns == where == step.netns and len(args) == 2 and args[0] == "netns" and not moved
                         and not (end == peer and peer_netns)
-                        and exists_before(None, "netns:" + args[1], position)
+                        and before(netns_made.get(args[1]), position)
                         and not touches.between(args[1], end, position, later)):
                     moved, where = True, args[1]
                     if end == name:
@@ -241,7 +242,7 @@ def _fuse(steps: Sequence[Step]) -> List[Unit]:
                         peer_at = args[1]
                 elif (end == name and other.netns == where == step.netns and len(args) == 2
                       and args[0] == "master" and main["master"] is None
-                      and exists_before(step.netns, args[1], position)):
+                      and before(link_made.get((step.netns, args[1])), position)):
                     main["master"] = args[1]
                 elif end == name and other.netns == where and args == ("up",) and not main["up"]:
                     main["up"] = True
@@ -266,7 +267,7 @@ def _fuse(steps: Sequence[Step]) -> List[Unit]:
             members, line = fused[position]
             units.append(Unit(tuple(steps[p] for p in members), line))
         else:
-            units.append(_unit(step))
+            units.append(_unit(step, lanes[step.index]))
     return units
 
 
@@ -281,8 +282,7 @@ def _next_touch(touches: _Touches, origin: Optional[str], where: Optional[str], 
     return later
 
 
-def _unit(step: Step) -> Unit:
-    lane = lane_of(step)
+def _unit(step: Step, lane: str) -> Unit:
     if lane in (NETNS, IP):
         return Unit((step,), " ".join(step.argv[1:]))
     if lane == IPTABLES:
@@ -300,9 +300,8 @@ _DEPENDS_ON = {  # what a step of each kind waits for among earlier steps of its
 }
 
 
-def _kind(unit: Unit) -> str:
+def _kind(unit: Unit, lane: str) -> str:
     step = unit.steps[0]
-    lane = lane_of(step)
     if lane == SINGLE:
         if step.read_only:
             return "barrier"
@@ -332,10 +331,11 @@ def schedule(steps: Sequence[Step]) -> Schedule:
     lane_last: Dict[Tuple[str, Optional[str]], int] = {}
     barrier = top = -1
     placed: List[Tuple[int, Unit]] = []
-    for unit in _fuse(list(steps)):
+    lanes = {step.index: lane_of(step) for step in steps}
+    for unit in _fuse(list(steps), lanes):
         step = unit.steps[0]
-        kind = _kind(unit)
-        lane = (lane_of(step), step.netns)
+        kind = _kind(unit, lanes[step.index])
+        lane = (lanes[step.index], step.netns)
         mentioned = {netns for member in unit.steps for netns in netns_mentions(member.argv)}
         if kind == "barrier":
             at = top + 1
@@ -364,7 +364,7 @@ def schedule(steps: Sequence[Step]) -> Schedule:
     order: List[List[Tuple[str, Optional[str], Optional[Unit]]]] = [[] for _ in range(top + 1)]
     for at, unit in placed:
         step = unit.steps[0]
-        tool = lane_of(step)
+        tool = lanes[step.index]
         if tool == SINGLE:
             order[at].append((tool, step.netns, unit))
             continue

@@ -236,7 +236,7 @@ class Journal:
         """HEADER plus `"steps": [...]` from STEPS, as one JSON line, written piece by piece."""
         head = json.dumps(header, separators=(",", ":"))
         try:
-            self._handle.write(head[:-1] + (',"steps":[' if len(header) else '"steps":['))
+            self._handle.write(head[:-1] + ',"steps":[')  # HEADER is never empty: it has netlab_journal
             for i, step in enumerate(steps):
                 self._handle.write(("," if i else "") + json.dumps(step.to_dict(), separators=(",", ":")))
             self._handle.write("]}\n")

@@ -16,8 +16,10 @@ an interrupted `down` or rollback converges when run again.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -303,8 +305,6 @@ def _apply_batched(plan: Plan, record: journals.Journal, executor: Executor, rep
 def _failed_line(batch, result: Result) -> Optional[int]:
     """The input line a failed batch stopped at: `ip -batch` says `Command failed -:N`,
     iptables-restore `line N`; None when it does not say (a syntax error)."""
-    import re
-
     pattern = r"Command failed -:(\d+)" if batch.tool != "iptables" else r"\bline (\d+)"
     match = re.search(pattern, result.stderr)
     return int(match.group(1)) if match else None
@@ -416,12 +416,13 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
     namespace, then the lab's namespaces deleted in one `ip -batch`, which takes
     everything inside them along. Whatever a batch could not undo is undone step by step.
     Returns (undone, already gone, failures), as `_undo_all`."""
-    from netlab.batches import teardown
+    from netlab.batches import created_netns, teardown
 
     steps = {step.index: step for step in record.steps()}
     total = len(steps)
     plan = teardown(steps, record.to_undo(), record.done)
     undone, gone, failures = _undo_all(record, executor, reporter, signals, plan.alone)
+    again = []  # what a batch could not undo: each one on its own, after the batches, to say why
     for batch in plan.rules:
         if signals is not None:
             signals.check(f"{record.name}: down interrupted; the journal is kept: run `netlab down {record.name}` "
@@ -430,31 +431,26 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
             reporter.step(step, total, "undo")
         if executor.run(batch.argv, None, batch.input).ok:
             undone += len(batch.steps)
-        else:  # all or nothing: some rule was gone already, or in use; each one on its own
-            more = _undo_all(record, executor, reporter, None, [step.index for step in batch.steps])
-            undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
+        else:  # all or nothing: some rule was gone already, or in use
+            again += [step.index for step in batch.steps]
     if plan.delete:
         for index in plan.delete:
             reporter.step(steps[index], total, "undo")
         executor.run(("ip", "-force", "-batch", "-"), None, plan.delete_input(steps))  # -force: every line
         left = _existing_namespaces(executor)
-        from netlab.batches import created_netns
-
         stuck = [index for index in plan.delete if created_netns(steps[index]) in left]
         undone += len(plan.delete) - len(stuck) + len(plan.covered)
-        if stuck:  # each on its own, to say why
-            more = _undo_all(record, executor, reporter, None, stuck)
-            undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
-        failures += _wait_until_gone(plan.leftovers, executor, reporter)
-    return undone, gone, failures
+        again += stuck
+    if again:
+        more = _undo_all(record, executor, reporter, None, again)
+        undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
+    return undone, gone, failures + _wait_until_gone(plan.leftovers, executor, reporter)
 
 
 def _wait_until_gone(links, executor: Executor, reporter: Reporter) -> int:
     """Wait until LINKS ((netns, name) pairs) are gone: the kernel deletes a namespace's
     veths after `ip netns del` returns, and a rebuild would collide with their names.
     Returns 1 (a failure) if some are still there after LINK_GONE_TIMEOUT seconds."""
-    import time
-
     by_netns = {}
     for netns, name in links:
         by_netns.setdefault(netns, set()).add(name)

@@ -26,7 +26,8 @@ import pytest
 import netlab
 from conftest import namespaces, sh
 from netlab.source import catalog
-from kernel import changes, iptables_rules, netns_snapshot, settled, snapshot, star_lab
+from netlab.star import star_lab
+from kernel import changes, iptables_rules, netns_snapshot, settled, snapshot
 
 pytestmark = pytest.mark.root
 TOOLS = ("ip", "iptables", "sysctl", "iptables-restore")
