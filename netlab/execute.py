@@ -51,13 +51,28 @@ def _own_program(argv: Sequence[str]) -> Tuple[str, ...]:
 
 
 class Executor:
-    """Runs argv lists on a plumbum machine (the local one unless told otherwise)."""
+    """Runs argv lists on a plumbum machine (the local one unless told otherwise).
+
+    netlab.ssh has the executor of a remote host; the runner, `status` and the
+    checks see the same interface and never ask where they run."""
+
+    workers = 8  # commands that may run side by side (a round's batches, probes)
+    remote = None  # the Remote it runs on; None: this host
 
     def __init__(self, machine=None):
         if machine is None:
             from plumbum import local as machine
         self.machine = machine
         self._programs = {}
+
+    def require_root(self, action: str) -> None:
+        require_root(action)
+
+    def state_store(self, directory=None, create: bool = True):
+        """Where the journals and locks of this host's labs live (netlab.journal)."""
+        from netlab.journal import LocalStore
+
+        return LocalStore(directory, create)
 
     def _program(self, name: str):
         program = self._programs.get(name)

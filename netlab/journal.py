@@ -163,6 +163,8 @@ class Journal:
     records: List[dict] = field(default_factory=list)
     _handle: Optional[object] = field(default=None, repr=False)
     _steps: Optional[tuple] = field(default=None, repr=False)  # the plan's Steps, when this process wrote it
+    host_boot: Optional[str] = field(default=None, repr=False)  # the boot id of the lab's host; None: this one
+    torn: bool = field(default=False, repr=False)  # the last line was cut off by a crash
 
     # ------------------------------------------------------------ creating, reading
     @classmethod
@@ -170,8 +172,7 @@ class Journal:
         """A new journal holding HEADER: written beside PATH, then linked into place, so
         a crash never leaves a journal without its header. With STEPS (the plan's), the
         header's `steps` is written from them a step at a time and not kept in memory."""
-        header = {"netlab_journal": FORMAT, "pid": os.getpid(), "boot_id": boot_id(),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **header}
+        header = stamped(header)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -199,9 +200,14 @@ class Journal:
         except OSError as error:
             raise NetlabError(f"cannot read the journal {path}: {error.strerror or error}") from None
         with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
+            return cls.parse(path, handle.read())
+
+    @classmethod
+    def parse(cls, path, text: str, host_boot: Optional[str] = None) -> "Journal":
+        """The journal whose text is TEXT (read from PATH, on the host whose boot id is
+        HOST_BOOT: this one unless said); a torn last line is dropped."""
         parsed = []
-        for number, line in enumerate(lines):
+        for number, line in enumerate(text.splitlines()):
             try:
                 record = json.loads(line, object_hook=_step_or_dict if number == 0 else None)
             except ValueError:
@@ -210,7 +216,10 @@ class Journal:
                 parsed.append(record)
         if not parsed or parsed[0].get("netlab_journal") != FORMAT:
             raise NetlabError(f"{path} is not a netlab journal (format {FORMAT}); remove it if no lab is up")
-        return cls(path, parsed[0], parsed[1:])
+        journal = cls(path, parsed[0], parsed[1:])
+        journal.host_boot = host_boot
+        journal.torn = bool(text) and not text.endswith("\n")
+        return journal
 
     def open_for_append(self) -> "Journal":
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -234,12 +243,9 @@ class Journal:
 
     def _write_header(self, header: dict, steps) -> None:
         """HEADER plus `"steps": [...]` from STEPS, as one JSON line, written piece by piece."""
-        head = json.dumps(header, separators=(",", ":"))
         try:
-            self._handle.write(head[:-1] + ',"steps":[')  # HEADER is never empty: it has netlab_journal
-            for i, step in enumerate(steps):
-                self._handle.write(("," if i else "") + json.dumps(step.to_dict(), separators=(",", ":")))
-            self._handle.write("]}\n")
+            for piece in header_text(header, steps):
+                self._handle.write(piece)
             self._handle.flush()
             os.fsync(self._handle.fileno())
         except OSError as error:
@@ -323,12 +329,29 @@ class Journal:
 
     @property
     def from_this_boot(self) -> bool:
-        return self.header.get("boot_id") == boot_id()
+        return self.header.get("boot_id") == (self.host_boot or boot_id())
 
     def to_undo(self) -> List[int]:
         """The steps to undo, in reverse: started, not failed (what it met was not the lab's)."""
         failed = self.failed
         return [index for index in reversed(self.started) if index not in failed]
+
+
+def stamped(header: dict, host_boot: Optional[str] = None, **more) -> dict:
+    """A new journal's HEADER, with the format, this pid, the time and the boot id of the
+    lab's host (HOST_BOOT; this host's unless said)."""
+    return {"netlab_journal": FORMAT, "pid": os.getpid(), "boot_id": host_boot or boot_id(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **more, **header}
+
+
+def header_text(header: dict, steps):
+    """The pieces of a journal's first line: HEADER plus `"steps": [...]` made from STEPS
+    one at a time, so a large lab's steps are never all text at once."""
+    head = json.dumps(header, separators=(",", ":"))
+    yield head[:-1] + ',"steps":['  # HEADER is never empty: it has netlab_journal
+    for i, step in enumerate(steps):
+        yield ("," if i else "") + json.dumps(step.to_dict(), separators=(",", ":"))
+    yield "]}\n"
 
 
 _STEP_KEYS = frozenset(("index", "netns", "argv", "why", "undo", "probe", "save"))
@@ -371,3 +394,39 @@ def find(directory: Path, name: str) -> Optional[Path]:
         names = ", ".join(found for found, _ in matches)
         raise InputError(f"{len(matches)} labs of {name} are up ({names}); name one of them")
     return matches[0][1] if matches else None
+
+
+class LocalStore:
+    """The journals and locks of the labs on this host, in its state directory.
+
+    netlab.remote_state has the same interface for a host reached over SSH: the
+    runner and `status` use a store and never touch its files themselves."""
+
+    where = ""  # said after a lab's name in messages; " on HOST" for a remote store
+
+    def __init__(self, directory: Optional[os.PathLike] = None, create: bool = True):
+        self.directory = state_dir(directory, create)
+
+    def lock(self, name: str) -> Lock:
+        return Lock(self.directory, name)
+
+    def held_elsewhere(self, name: str) -> bool:
+        return Lock(self.directory, name).held_elsewhere()
+
+    def read(self, name: str) -> Optional[Journal]:
+        """The journal of the lab called NAME; None when there is none."""
+        path = journal_path(self.directory, name)
+        return Journal.read(path) if path.exists() else None
+
+    def create(self, name: str, header: dict, steps) -> Journal:
+        return Journal.create(journal_path(self.directory, name), header, steps)
+
+    def find(self, name: str, exact: bool = False) -> Optional[str]:
+        """The name of the lab called NAME, or (unless EXACT) of the one lab whose own name is NAME."""
+        if exact:
+            return name if journal_path(self.directory, name).exists() else None
+        path = find(self.directory, name)
+        return path.name[: -len(SUFFIX)] if path else None
+
+    def all(self) -> List[Journal]:
+        return all_journals(self.directory)

@@ -21,12 +21,11 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 from netlab import journal as journals
 from netlab.errors import InputError, NetlabError
-from netlab.execute import TIMED_OUT, Executor, Result, require_root
+from netlab.execute import TIMED_OUT, Executor, Result
 from netlab.plan import Plan, Step
 
 
@@ -111,12 +110,11 @@ def _header(plan: Plan) -> dict:
     }
 
 
-def _current(path: Path, reporter: Reporter) -> Optional[journals.Journal]:
-    """The journal at PATH, if any; one from before the last reboot is removed (the reboot undid it)."""
-    if not path.exists():
-        return None
-    record = journals.Journal.read(path)
-    if record.from_this_boot:
+def _current(store, name: str, reporter: Reporter) -> Optional[journals.Journal]:
+    """The journal of NAME in STORE, if any; one from before the host's last reboot is
+    removed (the reboot undid the lab)."""
+    record = store.read(name)
+    if record is None or record.from_this_boot:
         return record
     reporter.warn(f"{record.name}: its journal was written before the last reboot, which undid the lab; removed")
     record.remove()
@@ -132,17 +130,16 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
     as the documents run them."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
-    require_root("up")
-    directory = journals.state_dir(state_dir)
+    executor.require_root("up")
+    store = executor.state_store(state_dir)
     if plan.host_netns and not executor.run(("ip", "netns", "pids", plan.host_netns)).ok:
         raise InputError(f"there is no network namespace {plan.host_netns!r} (see `ip netns list`)",
                          None, "--host-netns")
     total = len(plan.steps)
-    with journals.Lock(directory, plan.name):
-        path = journals.journal_path(directory, plan.name)
-        record = _current(path, reporter)
+    with store.lock(plan.name):
+        record = _current(store, plan.name, reporter)
         if record is None:
-            record = journals.Journal.create(path, _header(plan), plan.steps)
+            record = store.create(plan.name, _header(plan), plan.steps)
         else:
             if record.digest != plan.digest:
                 raise LabConflict(
@@ -236,15 +233,14 @@ def _run_started(plan: Plan, step: Step, record: journals.Journal, executor: Exe
 
 
 # ---------------------------------------------------------------- up, in batches
-WORKERS = 8  # batches of one round run side by side; they wait mostly on the kernel's locks
-
-
-def _parallel(function, items: Sequence) -> list:
+def _parallel(function, items: Sequence, workers: int) -> list:
+    """FUNCTION on each item, up to WORKERS (an Executor's) side by side: the batches of
+    a round, the probes; they wait mostly on the kernel's locks."""
     if len(items) <= 1:
         return [function(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(WORKERS, len(items))) as pool:
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(function, items))
 
 
@@ -270,7 +266,8 @@ def _apply_batched(plan: Plan, record: journals.Journal, executor: Executor, rep
     fresh = {created_netns(step) for step in pending if created_netns(step)} - existing
     probed = [step for step in pending if lane_of(step) != SINGLE
               and step.netns not in fresh and created_netns(step) not in fresh]
-    already = {step.index for step, state in zip(probed, _parallel(executor.in_effect, probed)) if state}
+    states = _parallel(executor.in_effect, probed, executor.workers)
+    already = {step.index for step, state in zip(probed, states) if state}
     for step in probed:
         if step.index in already:
             reporter.step(step, total, "found")
@@ -283,7 +280,8 @@ def _apply_batched(plan: Plan, record: journals.Journal, executor: Executor, rep
             for step in batch.steps:
                 reporter.step(step, total, "run")
         record.append_many([{"start": step.index} for batch in together for step in batch.steps])
-        results = _parallel(lambda batch: executor.run(batch.argv, None, batch.input), together)
+        results = _parallel(lambda batch: executor.run(batch.argv, None, batch.input), together,
+                            executor.workers)
         record.append_many([{"done": step.index} for batch, result in zip(together, results) if result.ok
                             for step in batch.steps])
         for batch, result in zip(together, results):
@@ -484,18 +482,13 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
     on its own, as the documents would."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
-    require_root("down")
-    directory = journals.state_dir(state_dir)
-    if exact:
-        path = journals.journal_path(directory, name)
-        path = path if path.exists() else None
-    else:
-        path = journals.find(directory, name)
-    if path is None:
-        return Outcome(name, 0, 0, f"{name} is not up; nothing to do")
-    real_name = path.name[: -len(journals.SUFFIX)]
-    with journals.Lock(directory, real_name):
-        record = _current(path, reporter)
+    executor.require_root("down")
+    store = executor.state_store(state_dir)
+    real_name = store.find(name, exact)
+    if real_name is None:
+        return Outcome(name, 0, 0, f"{name} is not up{store.where}; nothing to do")
+    with store.lock(real_name):
+        record = _current(store, real_name, reporter)
         if record is None:
             return Outcome(real_name, 0, 0, f"{real_name} is not up; nothing to do")
         record.open_for_append()

@@ -8,12 +8,11 @@ sysctl read), so drift shows: a rule deleted by hand is `missing`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from netlab import journal as journals
 from netlab.errors import InputError
-from netlab.execute import Executor, require_root
+from netlab.execute import Executor
 from netlab.sandbox import Sandbox
 
 # A step's state on the live host.
@@ -50,10 +49,10 @@ class StepState:
         return dict(self.__dict__)
 
 
-def _summary(record: journals.Journal, directory) -> LabSummary:
+def _summary(record: journals.Journal, store) -> LabSummary:
     if not record.from_this_boot:
         state = "stale"  # written before the last reboot, which undid the lab; the next up or down drops it
-    elif journals.Lock(directory, record.name).held_elsewhere():
+    elif store.held_elsewhere(record.name):
         state = "busy"
     elif record.complete:
         state = "up"
@@ -66,29 +65,33 @@ def _summary(record: journals.Journal, directory) -> LabSummary:
                       record.header.get("pid", 0), record.header.get("created", ""), record.digest)
 
 
-def labs(state_dir=None) -> List[LabSummary]:
-    """Every lab this host has a journal for, by name."""
-    require_root("status")
-    directory = journals.state_dir(state_dir, create=False)
-    return [_summary(record, directory) for record in journals.all_journals(directory)]
+def labs(state_dir=None, executor: Optional[Executor] = None) -> List[LabSummary]:
+    """Every lab the host (of EXECUTOR; this one unless said) has a journal for, by name."""
+    executor = executor or Executor()
+    executor.require_root("status")
+    store = executor.state_store(state_dir, create=False)
+    return [_summary(record, store) for record in store.all()]
 
 
-def read_lab(name: str, state_dir=None, action: str = "status") -> Tuple[journals.Journal, Path]:
+def read_lab(name: str, state_dir=None, action: str = "status", executor: Optional[Executor] = None):
     """The journal of the lab called NAME (or of the one lab whose own name is NAME), and the
-    state directory; a lab that is not up is bad input for ACTION."""
-    require_root(action)
-    directory = journals.state_dir(state_dir, create=False)
-    path = journals.find(directory, name)
-    if path is None:
-        up = ", ".join(record.name for record in journals.all_journals(directory)) or "none"
-        raise InputError(f"no lab called {name} is up (up: {up})")
-    return journals.Journal.read(path), directory
+    store it is in; a lab that is not up is bad input for ACTION."""
+    executor = executor or Executor()
+    executor.require_root(action)
+    store = executor.state_store(state_dir, create=False)
+    real_name = store.find(name)
+    record = store.read(real_name) if real_name else None
+    if record is None:
+        up = ", ".join(record.name for record in store.all()) or "none"
+        raise InputError(f"no lab called {name} is up{store.where} (up: {up})")
+    return record, store
 
 
 def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) -> Tuple[LabSummary, List[StepState]]:
     """The lab called NAME (or the one lab whose own name is NAME) and the live state of each step."""
-    record, directory = read_lab(name, state_dir)
-    return _summary(record, directory), step_states(record, executor)
+    executor = executor or Executor()
+    record, store = read_lab(name, state_dir, executor=executor)
+    return _summary(record, store), step_states(record, executor)
 
 
 def step_states(record: journals.Journal, executor: Optional[Executor] = None) -> List[StepState]:
