@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -55,9 +56,36 @@ HOST_NETNS_HELP = (
 NAME_HELP = "The lab's name on this host (see `netlab status`): its sandbox prefix, or its own name."
 
 _HOST_NETNS_OPTION = typer.Option(None, "--host-netns", metavar="NS", help=HOST_NETNS_HELP)
+REMOTE_HELP = (
+    "Work on a remote host over SSH instead of this one: [USER@]HOST[:PORT] as ssh takes it (your ssh "
+    "config and keys or agent; no password prompt), or vagrant:NAME for a machine of a Vagrantfile here. "
+    "Root there, or passwordless sudo. The host needs only iproute2, iptables and a POSIX shell (and "
+    "python3 for a lab service or a tcp/http check). The journal and lock live on that host, so `down` "
+    "works from any machine. A connection that fails is one line and exit 1, with nothing changed."
+)
+_REMOTE_OPTION = typer.Option(None, "--remote", metavar="[USER@]HOST[:PORT]|vagrant:NAME", help=REMOTE_HELP)
+_SSH_OPT_OPTION = typer.Option([], "--ssh-opt", metavar="ARGS", help=(
+    "Arguments for ssh, split as a shell would: --ssh-opt='-i ~/.ssh/lab_key', --ssh-opt='-o "
+    "ProxyJump=bastion', --ssh-opt='-F ./ssh_config' (repeatable; they win over netlab's own)."))
 _STEP_BY_STEP_OPTION = typer.Option(False, "--step-by-step", help=(
     "Run (or undo) each step as a process of its own, as the documents do, instead of in batches. "
     "Slower; the result is the same."))
+
+
+@contextmanager
+def _host(remote: Optional[str], ssh_opts: List[str]):
+    """The executor of the host to work on: this one, or the one --remote names, connected."""
+    if remote is None:
+        if ssh_opts:
+            raise InputError("--ssh-opt is for --remote; there is no remote host", None, "--ssh-opt")
+        from netlab.execute import Executor
+
+        yield Executor()
+        return
+    from netlab.ssh import connect
+
+    with connect(remote, ssh_opts) as executor:
+        yield executor
 
 
 def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host_netns: Optional[str] = None):
@@ -213,6 +241,8 @@ def up_command(
         "Then run the lab's checks (see `netlab verify`); if one fails, take the lab down again "
         "and exit 1.")),
     step_by_step: bool = _STEP_BY_STEP_OPTION,
+    remote: Optional[str] = _REMOTE_OPTION,
+    ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
     """Bring a lab up: run its steps in order, recording each in a journal first.
 
@@ -226,25 +256,28 @@ def up_command(
     in few processes.
 
     Example: sudo netlab up egress-ingress --sandbox --verify
+
+    Example: netlab up egress-ingress --sandbox --remote root@lab1.example.net --verify
     """
     from netlab.progress import TerminalReporter
     from netlab.runner import down, up
 
     plan = _make_plan(target, sandbox, assignments, host_netns)
-    with TerminalReporter() as reporter:
-        outcome = up(plan, reporter=reporter, step_by_step=step_by_step)
-    typer.echo(outcome.summary)
-    if not verify:
-        return
-    from netlab.verify import run_checks
+    with _host(remote, ssh_opts) as executor:
+        with TerminalReporter() as reporter:
+            outcome = up(plan, reporter=reporter, executor=executor, step_by_step=step_by_step)
+        typer.echo(outcome.summary)
+        if not verify:
+            return
+        from netlab.verify import run_checks
 
-    if _report_checks(plan.name, run_checks(plan.checks), as_json=False):
-        return
-    if not (outcome.changed or outcome.found):
-        raise NetlabError(f"a check failed; {plan.name} was up before this run and is left as it is "
-                          f"(see: netlab doctor {plan.name})")
-    with TerminalReporter() as reporter:
-        down(plan.name, reporter=reporter, exact=True, step_by_step=step_by_step)
+        if _report_checks(plan.name, run_checks(plan.checks, executor), as_json=False):
+            return
+        if not (outcome.changed or outcome.found):
+            raise NetlabError(f"a check failed; {plan.name} was up before this run and is left as it is "
+                              f"(see: netlab doctor {plan.name})")
+        with TerminalReporter() as reporter:
+            down(plan.name, reporter=reporter, executor=executor, exact=True, step_by_step=step_by_step)
     raise NetlabError("a check failed; rolled back: the host is as it was")
 
 
@@ -252,6 +285,8 @@ def up_command(
 def down_command(
     name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
     step_by_step: bool = _STEP_BY_STEP_OPTION,
+    remote: Optional[str] = _REMOTE_OPTION,
+    ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
     """Take a lab down: undo, in reverse, every step its journal records.
 
@@ -261,12 +296,14 @@ def down_command(
     created is deleted with everything in it, in one go.
 
     Example: sudo netlab down nl-ei
+
+    Example: netlab down nl-ei --remote root@lab1.example.net
     """
     from netlab.progress import TerminalReporter
     from netlab.runner import down
 
-    with TerminalReporter() as reporter:
-        outcome = down(name, reporter=reporter, step_by_step=step_by_step)
+    with _host(remote, ssh_opts) as executor, TerminalReporter() as reporter:
+        outcome = down(name, reporter=reporter, executor=executor, step_by_step=step_by_step)
     typer.echo(outcome.summary)
 
 
@@ -274,6 +311,8 @@ def down_command(
 def status_command(
     name: Optional[str] = typer.Argument(None, metavar="NAME", help=NAME_HELP),
     as_json: bool = typer.Option(False, "--json", help="JSON, for scripts."),
+    remote: Optional[str] = _REMOTE_OPTION,
+    ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
     """List the labs that are up; with NAME, probe each of its steps in the live kernel.
 
@@ -283,11 +322,18 @@ def status_command(
     applied.
 
     Example: sudo netlab status nl-ei
+
+    Example: netlab status --remote vagrant:default
     """
+    with _host(remote, ssh_opts) as executor:
+        _status(name, as_json, executor)
+
+
+def _status(name: Optional[str], as_json: bool, executor) -> None:
     from netlab import status
 
     if name is None:
-        labs = status.labs()
+        labs = status.labs(executor=executor)
         if as_json:
             _print_json({"labs": [lab.to_dict() for lab in labs]})
         elif not labs:
@@ -298,7 +344,7 @@ def status_command(
             for lab in labs:
                 typer.echo(f"{lab.name:<{width}}  {lab.state:<7}  {lab.applied:>3}/{lab.steps:<3}  {lab.lab}")
         return
-    summary, steps = status.lab_steps(name)
+    summary, steps = status.lab_steps(name, executor=executor)
     if as_json:
         _print_json({**summary.to_dict(), "steps": [step.to_dict() for step in steps]})
     else:
@@ -332,6 +378,8 @@ def _report_checks(name: str, results, as_json: bool) -> bool:
 def verify_command(
     name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
     as_json: bool = typer.Option(False, "--json", help="JSON, for scripts."),
+    remote: Optional[str] = _REMOTE_OPTION,
+    ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
     """Run the lab's checks against the live lab and print a table: check, result, time.
 
@@ -341,12 +389,16 @@ def verify_command(
     code 0 when every check passes, 1 otherwise (then try `netlab doctor NAME`).
 
     Example: sudo netlab verify nl-ei
+
+    Example: netlab verify nl-ei --remote root@lab1.example.net
     """
     from netlab.status import read_lab
     from netlab.verify import lab_checks, run_checks
 
-    record, _ = read_lab(name, action="verify")
-    if not _report_checks(record.name, run_checks(lab_checks(record)), as_json):
+    with _host(remote, ssh_opts) as executor:
+        record, _ = read_lab(name, action="verify", executor=executor)
+        passed = _report_checks(record.name, run_checks(lab_checks(record), executor), as_json)
+    if not passed:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -386,6 +438,8 @@ def exec_command(
         "The lab's namespace as the lab names it (ns0; the sandbox prefix is added for you), `host` "
         "for the host side or `internet` for a sandbox's internet side.")),
     command: List[str] = typer.Argument(..., metavar="-- COMMAND...", help="The command and its arguments."),
+    remote: Optional[str] = _REMOTE_OPTION,
+    ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
     """Run a command inside a namespace of the lab; its exit code is netlab's.
 
@@ -393,13 +447,20 @@ def exec_command(
     before the command, so its options are not taken for netlab's.
 
     Example: sudo netlab exec nl-ei ns0 -- ip route
+
+    Example: netlab exec nl-ei ns0 --remote root@lab1.example.net -- ping -c 1 198.51.100.1
     """
     import shutil
 
     from netlab.status import read_lab, resolve_netns
 
-    record, _ = read_lab(name, action="exec")
-    real = resolve_netns(record, netns)
+    with _host(remote, ssh_opts) as executor:
+        record, _ = read_lab(name, action="exec", executor=executor)
+        real = resolve_netns(record, netns)
+        if executor.remote is not None:  # over a connection of its own, which has the terminal
+            argv = executor.interactive_argv(command, real, sys.stdin.isatty())
+    if remote is not None:
+        _exec(argv)
     if shutil.which(command[0]) is None:
         raise InputError(f"{command[0]}: command not found", None, "COMMAND")
     _exec(("ip", "netns", "exec", real, *command) if real else tuple(command))
@@ -496,27 +557,17 @@ def serve_command(
     if background and stop:
         raise InputError("--background and --stop exclude each other")
     where = f"{address}:{number}"
-    if stop:
+    if stop or background:
         try:
-            stopped, others = serve.stop(address, number)
-        except OSError as error:
-            raise NetlabError(f"cannot stop the server on {where}: {error.strerror or error}") from None
-        for pid in others:
-            typer.echo(f"left alone: pid {pid} ({' '.join(serve.command_line(pid))[:80]}) listens on {where} "
-                       "and is not a netlab server", err=True)
-        if stopped:
-            typer.echo(f"stopped the server on {where} (pid {', '.join(map(str, stopped))})")
-        elif not others and serve.listening_inodes(address, number):
-            raise NetlabError(f"something listens on {where}, but no process holding it can be seen "
-                              "(netlab serve --stop needs root)")
-        else:
-            typer.echo(f"no netlab server listens on {where}")
+            out, err = (serve.stop_report if stop else serve.start_report)(address, number)
+        except serve.ServeError as error:
+            raise NetlabError(str(error)) from None
+        for line in err:
+            typer.echo(line, err=True)
+        for line in out:
+            typer.echo(line)
         return
     try:
-        if background:
-            pid = serve.start_background(address, number)
-            typer.echo(f"serving http://{where}/ in the background (pid {pid})")
-            return
         server = serve.listen(address, number)
     except OSError as error:
         raise NetlabError(f"cannot listen on {where}: {error.strerror or error}") from None

@@ -37,3 +37,11 @@ class CommandError(NetlabError):
         import shlex
 
         super().__init__(f"{shlex.join(self.argv)}: {detail}")
+
+
+class ConnectionFailed(NetlabError):
+    """A remote host could not be reached or logged into; nothing was run there."""
+
+
+class ConnectionLost(NetlabError):
+    """The connection to a remote host died during a run; its journal there records what was done."""

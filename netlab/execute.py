@@ -86,12 +86,20 @@ class Executor:
             self._programs[name] = program
         return program
 
+    def command_line(self, argv: Sequence[str], netns: Optional[str], input: Optional[str]):
+        """What actually runs for ARGV in NETNS, and its standard input."""
+        return in_netns(netns, _own_program(argv)), input
+
+    def finished(self, result: Result) -> Result:
+        """A command's result, once it has ended (a remote executor checks its connection)."""
+        return result
+
     def run(self, argv: Sequence[str], netns: Optional[str] = None, input: Optional[str] = None) -> Result:
         """Run ARGV (in NETNS), with INPUT on its standard input if given."""
         from plumbum import ProcessTimedOut
 
         full = in_netns(netns, argv)
-        runnable = in_netns(netns, _own_program(argv))
+        runnable, input = self.command_line(argv, netns, input)
         command = self._program(runnable[0])[runnable[1:]]
         if input is not None:
             command = command << input
@@ -99,7 +107,7 @@ class Executor:
             code, out, err = command.run(retcode=None, new_session=True, timeout=COMMAND_TIMEOUT)
         except ProcessTimedOut:
             return Result(full, TIMED_OUT, "", f"no answer after {COMMAND_TIMEOUT} s")
-        return Result(full, code, out, err)
+        return self.finished(Result(full, code, out, err))
 
     def check(self, probe: Probe) -> Optional[bool]:
         """Whether a probe says its step is in effect; None when the probe itself could not

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from netlab import journal as journals
-from netlab.errors import InputError, NetlabError
+from netlab.errors import ConnectionLost, InputError, NetlabError
 from netlab.execute import TIMED_OUT, Executor, Result
 from netlab.plan import Plan, Step
 
@@ -110,6 +110,18 @@ def _header(plan: Plan) -> dict:
     }
 
 
+def _down_command(name: str, executor: Executor) -> str:
+    """The command that takes NAME down, for messages."""
+    where = f" --remote {executor.remote.label}" if executor.remote else ""
+    return f"netlab down {name}{where}"
+
+
+def _left_as_is(error: ConnectionLost, name: str, store, executor: Executor) -> ConnectionLost:
+    error.args = (f"{error}; {name} is left as it was when the connection dropped, and the journal{store.where} "
+                  f"records it: run `{_down_command(name, executor)}` once the host answers",)
+    return error
+
+
 def _current(store, name: str, reporter: Reporter) -> Optional[journals.Journal]:
     """The journal of NAME in STORE, if any; one from before the host's last reboot is
     removed (the reboot undid the lab)."""
@@ -144,13 +156,13 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
             if record.digest != plan.digest:
                 raise LabConflict(
                     f"{plan.name} is already up with another plan (lab {record.lab}, plan {record.digest}, "
-                    f"not {plan.digest}); take it down first: netlab down {plan.name}")
+                    f"not {plan.digest}); take it down first: {_down_command(plan.name, executor)}")
             if record.complete:
                 return Outcome(plan.name, 0, 0, f"{plan.name} is already up ({total} steps, plan {plan.digest}); "
                                                 f"nothing changed")
             if record.has("rollback") or record.failed:
                 raise LabConflict(f"an earlier up or down of {plan.name} did not finish; "
-                                  f"run `netlab down {plan.name}` first")
+                                  f"run `{_down_command(plan.name, executor)}` first")
             record.open_for_append()
             record.append(resume=os.getpid())
             _settle(record, plan, executor)
@@ -160,11 +172,17 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
                 ran, found = apply(plan, record, executor, reporter, signals)
                 record.append(up=True)
             except BaseException as error:
-                complete = _rollback(record, plan, executor, reporter, step_by_step)
+                if isinstance(error, ConnectionLost):  # nothing more can run there: the journal keeps it all
+                    raise _left_as_is(error, plan.name, store, executor) from None
+                try:
+                    complete = _rollback(record, plan, executor, reporter, step_by_step)
+                except ConnectionLost as lost:
+                    raise _left_as_is(lost, plan.name, store, executor) from None
                 if not isinstance(error, NetlabError):
                     raise
                 after = ("rolled back: the host is as it was" if complete else
-                         f"the rollback could not undo everything (above); run `netlab down {plan.name}`")
+                         f"the rollback could not undo everything (above); run "
+                         f"`{_down_command(plan.name, executor)}`")
                 error.args = (f"{error}; {after}",)
                 raise
         record.close()
@@ -380,8 +398,8 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
     undone = gone = failures = 0
     for index in record.to_undo() if only is None else only:
         if signals is not None:
-            signals.check(f"{record.name}: down interrupted; the journal is kept: run `netlab down {record.name}` "
-                          f"to finish")
+            signals.check(f"{record.name}: down interrupted; the journal is kept: run "
+                          f"`{_down_command(record.name, executor)}` to finish")
         step = steps[index]
         if step.undo is None:
             continue
@@ -423,8 +441,8 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
     again = []  # what a batch could not undo: each one on its own, after the batches, to say why
     for batch in plan.rules:
         if signals is not None:
-            signals.check(f"{record.name}: down interrupted; the journal is kept: run `netlab down {record.name}` "
-                          f"to finish")
+            signals.check(f"{record.name}: down interrupted; the journal is kept: run "
+                          f"`{_down_command(record.name, executor)}` to finish")
         for step in batch.steps:
             reporter.step(step, total, "undo")
         if executor.run(batch.argv, None, batch.input).ok:
@@ -495,11 +513,16 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
         record.append(rollback=True)
         with _DeferredSignals() as signals:
             undo = _undo_all if step_by_step else _teardown
-            undone, gone, failures = undo(record, executor, reporter, signals)
+            try:
+                undone, gone, failures = undo(record, executor, reporter, signals)
+            except ConnectionLost as error:
+                error.args = (f"{error}; the journal{store.where} is kept: run "
+                              f"`{_down_command(real_name, executor)}` again once it answers",)
+                raise
         if failures:
             record.close()
             raise NetlabError(f"{real_name}: {failures} step(s) could not be undone (above); the journal is kept: "
-                              f"fix what is named and run `netlab down {real_name}` again")
+                              f"fix what is named and run `{_down_command(real_name, executor)}` again")
         record.remove()
     extra = f" ({gone} already gone)" if gone else ""
     return Outcome(real_name, undone, gone, f"{real_name} is down: {undone} steps undone{extra}")

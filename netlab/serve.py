@@ -29,6 +29,7 @@ import signal
 import socket
 import socketserver
 import struct
+import sys
 import time
 from typing import List, Tuple
 
@@ -198,3 +199,53 @@ def stop(address: str, port: int, timeout: float = STOP_TIMEOUT) -> Tuple[List[i
             return ours, others
     raise OSError(f"the server on {address}:{port} (pid {', '.join(map(str, pending))}) survived SIGKILL")
 
+
+
+# ------------------------------------------------------------------ a lab step's two commands
+class ServeError(Exception):
+    """A server could not be started or stopped; the message is the one line to print."""
+
+
+def start_report(address: str, port: int) -> Tuple[List[str], List[str]]:
+    """`--background`: start a detached server; (lines for stdout, lines for stderr)."""
+    where = f"{address}:{port}"
+    try:
+        pid = start_background(address, port)
+    except OSError as error:
+        raise ServeError(f"cannot listen on {where}: {error.strerror or error}") from None
+    return [f"serving http://{where}/ in the background (pid {pid})"], []
+
+
+def stop_report(address: str, port: int) -> Tuple[List[str], List[str]]:
+    """`--stop`: stop the netlab servers on ADDRESS:PORT; (lines for stdout, lines for stderr)."""
+    where = f"{address}:{port}"
+    try:
+        stopped, others = stop(address, port)
+    except OSError as error:
+        raise ServeError(f"cannot stop the server on {where}: {error.strerror or error}") from None
+    notes = [f"left alone: pid {pid} ({' '.join(command_line(pid))[:80]}) listens on {where} "
+             "and is not a netlab server" for pid in others]
+    if stopped:
+        return [f"stopped the server on {where} (pid {', '.join(map(str, stopped))})"], notes
+    if not others and listening_inodes(address, port):
+        raise ServeError(f"something listens on {where}, but no process holding it can be seen "
+                         "(netlab serve --stop needs root)")
+    return [f"no netlab server listens on {where}"], notes
+
+
+def main(argv) -> int:
+    """`netlab serve --background|--stop ADDRESS PORT`, as a remote host runs it: netlab.ssh
+    ships this file to the remote python3, which has no netlab installed. Prints what
+    `netlab serve` prints, and exits 1 with one line on failure."""
+    mode, address, port = argv[-3], argv[-2], int(argv[-1])
+    try:
+        out, err = (start_report if mode == "--background" else stop_report)(address, port)
+    except ServeError as error:
+        print(f"netlab: error: {error}", file=sys.stderr)
+        return 1
+    for line in err:
+        print(line, file=sys.stderr)
+    for line in out:
+        print(line)
+    sys.stdout.flush()
+    return 0

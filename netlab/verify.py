@@ -11,9 +11,7 @@ TIMEOUT seconds.
 from __future__ import annotations
 
 import ctypes
-import http.client
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +19,8 @@ from typing import List, Optional, Sequence
 
 from netlab.execute import Executor
 from netlab.plan import LabCheck
+from netlab.reach import TIMEOUT, reach
 
-TIMEOUT = 3  # seconds, for a connection or a ping reply
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 
@@ -55,7 +53,7 @@ def run_checks(checks: Sequence[LabCheck], executor: Optional[Executor] = None) 
         elif check.kind == "ping":
             ok, detail = _ping(check, executor)
         else:
-            ok, detail = _connect(check)
+            ok, detail = _connect(check, executor)
         results[i] = CheckResult(check, ok, detail, time.monotonic() - started)
 
     threads = [threading.Thread(target=run, args=(i, check), daemon=True) for i, check in enumerate(checks)]
@@ -92,41 +90,37 @@ def _ping(check: LabCheck, executor: Executor):
     return False, lines[-1] if lines else "no reply"
 
 
-def _connect(check: LabCheck):
-    """A tcp connection, or an HTTP GET, from inside the check's namespace. The calling
-    thread enters the namespace and stays there: run_checks gives each check a thread of
-    its own, which ends with it."""
+def _connect(check: LabCheck, executor: Executor):
+    """A tcp connection, or an HTTP GET, from inside the check's namespace (netlab.reach):
+    here, from a thread that enters the namespace and stays there (run_checks gives each
+    check a thread of its own, which ends with it); on a remote host, by its python3."""
+    if executor.remote is not None:
+        return _connect_remotely(check, executor)
     try:
         _enter(check.netns)
     except OSError as error:
         return False, f"namespace {check.netns} is missing" if error.errno == 2 else f"setns: {error.strerror}"
+    return reach(check.kind, check.address, check.port, check.path or "/", TIMEOUT)
+
+
+def _connect_remotely(check: LabCheck, executor: Executor):
+    import json
+
+    from netlab import reach as module
+    from netlab.ssh import shipped_source
+
+    argv = ("python3", "-", check.kind, check.address, str(check.port), check.path or "/")
+    result = executor.run(argv, check.netns, shipped_source(module))
+    if result.code == 255 and check.netns:
+        return False, f"namespace {check.netns} is missing"
     try:
-        return _http(check) if check.kind == "http" else _tcp(check)
-    except socket.timeout:
-        return False, f"no answer in {TIMEOUT} s"
-    except ConnectionRefusedError:
-        return False, "connection refused"
-    except OSError as error:
-        return False, (error.strerror or str(error)).lower()
-    except http.client.HTTPException as error:
-        return False, str(error)
-
-
-def _tcp(check: LabCheck):
-    with socket.create_connection((check.address, check.port), timeout=TIMEOUT):
-        return True, "connected"
-
-
-def _http(check: LabCheck):
-    connection = http.client.HTTPConnection(check.address, check.port, timeout=TIMEOUT)
-    try:
-        connection.request("GET", check.path or "/")
-        response = connection.getresponse()
-        body = response.read(200).decode("utf-8", "replace").strip().splitlines()
-    finally:
-        connection.close()
-    first = body[0][:60] if body else ""
-    return 200 <= response.status < 400, f"HTTP {response.status}" + (f": {first}" if first else "")
+        ok, detail = json.loads(result.stdout)
+        return bool(ok), str(detail)
+    except ValueError:
+        said = result.stderr.strip().splitlines()
+        if result.code == 127:
+            return None, f"needs python3 on {executor.remote.label}"
+        return False, said[-1] if said else f"exit code {result.code}"
 
 
 def _enter(netns: Optional[str]) -> None:

@@ -1,0 +1,221 @@
+"""The journals and locks of a remote host's labs, kept on that host with shell commands.
+
+The same files as netlab.journal keeps locally, in the remote host's state
+directory (its `$NETLAB_STATE_DIR`, default /run/netlab, mode 0700), so a
+`down` or `status` from any machine finds them. Everything is a POSIX shell
+command run through the executor (plus readlink): no Python is needed there.
+
+- A journal is created whole: its header goes to a temporary file that is
+  linked into place only if it arrived complete (it ends with a newline).
+  A record is appended with `cat >>`, written before what it announces runs.
+  The remote side does not fsync: /run is a tmpfs, which a reboot empties
+  along with the lab (and a journal from another boot is dropped anyway).
+- The lock NAME.lock is a symlink to the pid of a remote shell that lives as
+  long as the connection of its holder (RemoteExecutor.holder): `ln -s` makes
+  it atomically, or fails if it exists. A lock whose process is gone (the
+  holder was killed, or its connection dropped) is stale and is taken over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from typing import List, Optional
+
+from netlab.errors import ConnectionLost, InputError, NetlabError
+from netlab.journal import SUFFIX, Journal, LabBusy, header_text, stamped
+
+_STATE_DIR = r'''
+d=${1:-${NETLAB_STATE_DIR:-/run/netlab}}
+if [ -L "$d" ]; then echo "$d is a symlink; refusing to keep journals there" >&2; exit 3; fi
+if [ ! -e "$d" ] && [ "$2" = create ]; then (umask 077 && mkdir -p "$d") || exit 3; fi
+if [ -e "$d" ] && [ ! -d "$d" ]; then echo "$d is not a directory" >&2; exit 3; fi
+if [ -d "$d" ]; then chmod 700 "$d" || exit 3; fi
+printf '%s\n' "$d"
+'''
+_LOCK = r'''
+command -v readlink >/dev/null || { echo "readlink is missing" >&2; exit 4; }
+l=$1/$2.lock
+n=0
+while [ $n -lt 100 ]; do
+  n=$((n + 1))
+  ln -s "$3" "$l" 2>/dev/null && exit 0
+  if [ ! -L "$l" ]; then
+    if [ -e "$l" ]; then echo "$l is not a netlab lock" >&2; exit 4; fi
+    continue
+  fi
+  p=$(readlink "$l") || continue
+  if kill -0 "$p" 2>/dev/null; then printf '%s\n' "$p"; exit 3; fi
+  mv "$l" "$l.$$" 2>/dev/null || continue
+  q=$(readlink "$l.$$"); rm -f "$l.$$"
+  [ "$q" = "$p" ] || ln -s "$q" "$l" 2>/dev/null
+done
+echo "cannot take $l" >&2; exit 4
+'''
+_UNLOCK = r'''[ "$(readlink "$1/$2.lock" 2>/dev/null)" = "$3" ] && rm -f "$1/$2.lock"; exit 0'''
+_HELD = r'''p=$(readlink "$1/$2.lock" 2>/dev/null) && kill -0 "$p" 2>/dev/null'''
+_READ = r'''[ -f "$1" ] || exit 3; cat "$1"'''
+_CREATE = r'''
+t=$(dirname "$1")/.$(basename "$1").$$.tmp
+umask 077
+cat > "$t" && [ -s "$t" ] && [ -z "$(tail -c 1 "$t")" ] && ln "$t" "$1"
+r=$?; rm -f "$t"; exit $r
+'''
+_APPEND = r'''cat >> "$1"'''
+_REMOVE = r'''rm -f "$1"'''
+_LIST = r'''
+for f in "$1"/*.journal; do
+  [ -f "$f" ] || continue
+  printf '\036%s\n' "$f"; cat "$f"; echo
+done
+'''
+
+
+class RemoteStore:
+    """The journals and locks on the host of EXECUTOR (a netlab.ssh.RemoteExecutor)."""
+
+    def __init__(self, executor, directory: Optional[str] = None, create: bool = True):
+        self.executor = executor
+        self.where = f" on {executor.remote.label}"
+        said = self._sh(_STATE_DIR, str(directory or ""), "create" if create else "")
+        if not said.ok:
+            raise InputError(said.stderr.strip() or f"cannot make the state directory{self.where}", None,
+                             "NETLAB_STATE_DIR")
+        self.directory = PurePosixPath(said.stdout.strip())
+
+    def _sh(self, script: str, *args: str, input: Optional[str] = None):
+        return self.executor.run(("sh", "-c", script, "sh", *args), None, input)
+
+    def _path(self, name: str) -> PurePosixPath:
+        return self.directory / f"{name}{SUFFIX}"
+
+    # ------------------------------------------------------------ locks
+    def lock(self, name: str) -> "RemoteLock":
+        return RemoteLock(self, name)
+
+    def held_elsewhere(self, name: str) -> bool:
+        return self._sh(_HELD, str(self.directory), name).ok
+
+    # ------------------------------------------------------------ journals
+    def read(self, name: str) -> Optional[Journal]:
+        return self._read(self._path(name))
+
+    def _read(self, path: PurePosixPath) -> Optional[Journal]:
+        said = self._sh(_READ, str(path))
+        if said.code == 3:
+            return None
+        if not said.ok:
+            raise NetlabError(f"cannot read the journal {path}{self.where}: {said.stderr.strip()}")
+        return RemoteJournal.parse_remote(self, path, said.stdout)
+
+    def create(self, name: str, header: dict, steps) -> Journal:
+        path = self._path(name)
+        header = stamped(header, self.executor.boot_id)
+        said = self._sh(_CREATE, str(path), input="".join(header_text(header, steps)))
+        if not said.ok:
+            raise NetlabError(f"cannot write the journal {path}{self.where}: "
+                              f"{said.stderr.strip() or 'it exists already'}")
+        journal = RemoteJournal(path, header, [], None, steps)
+        journal.store = self
+        journal.host_boot = self.executor.boot_id
+        return journal
+
+    def append(self, path: PurePosixPath, text: str) -> None:
+        said = self._sh(_APPEND, str(path), input=text)
+        if not said.ok:
+            raise NetlabError(f"cannot write the journal {path}{self.where}: {said.stderr.strip()}")
+
+    def remove(self, path: PurePosixPath) -> None:
+        said = self._sh(_REMOVE, str(path))
+        if not said.ok:
+            raise NetlabError(f"cannot remove the journal {path}{self.where}: {said.stderr.strip()}")
+
+    def find(self, name: str, exact: bool = False) -> Optional[str]:
+        """The name of the lab called NAME, or (unless EXACT) of the one lab whose own name is NAME."""
+        if self.read(name) is not None:
+            return name
+        if exact:
+            return None
+        matches = [journal.name for journal in self.all() if journal.lab == name]
+        if len(matches) > 1:
+            raise InputError(f"{len(matches)} labs of {name} are up{self.where} ({', '.join(matches)}); "
+                             f"name one of them")
+        return matches[0] if matches else None
+
+    def all(self) -> List[Journal]:
+        """Every journal in the remote state directory, by name; unreadable ones are skipped."""
+        said = self._sh(_LIST, str(self.directory))
+        if not said.ok:
+            raise NetlabError(f"cannot list the journals in {self.directory}{self.where}: {said.stderr.strip()}")
+        journals = []
+        for chunk in said.stdout.split("\036")[1:]:
+            path, _, text = chunk.partition("\n")
+            try:
+                journals.append(RemoteJournal.parse_remote(self, PurePosixPath(path), text))
+            except NetlabError:
+                continue
+        return sorted(journals, key=lambda journal: journal.name)
+
+
+class RemoteLock:
+    """The lab's lock on the remote host; a second holder fails at once, as locally."""
+
+    def __init__(self, store: RemoteStore, name: str):
+        self.store = store
+        self.name = name
+        self._holder: Optional[str] = None
+
+    def acquire(self) -> "RemoteLock":
+        holder = self.store.executor.holder()
+        said = self.store._sh(_LOCK, str(self.store.directory), self.name, holder)
+        if said.code == 3:
+            raise LabBusy(f"{self.name} is busy{self.store.where}: another netlab up or down of it is running "
+                          f"(pid {said.stdout.strip()} there); wait for it, or check `netlab status`")
+        if not said.ok:
+            raise NetlabError(f"cannot lock {self.name}{self.store.where}: {said.stderr.strip()}")
+        self._holder = holder
+        return self
+
+    def release(self) -> None:
+        """Give the lock back; with the connection gone it is stale already, and left to the next holder."""
+        if self._holder is None:
+            return
+        try:
+            self.store._sh(_UNLOCK, str(self.store.directory), self.name, self._holder)
+        except ConnectionLost:
+            pass
+        self._holder = None
+
+    def __enter__(self) -> "RemoteLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RemoteJournal(Journal):
+    """A journal on the remote host: records are appended through the store's shell commands."""
+
+    store: RemoteStore
+
+    @classmethod
+    def parse_remote(cls, store: RemoteStore, path: PurePosixPath, text: str) -> "RemoteJournal":
+        journal = cls.parse(path, text, store.executor.boot_id)
+        journal.store = store
+        return journal
+
+    def open_for_append(self) -> "RemoteJournal":
+        return self
+
+    def _write(self, *records: dict) -> None:
+        text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
+        if self.torn:  # end the torn line, or the next record would be glued to it and lost
+            text = "\n" + text
+        self.store.append(self.path, text)
+        self.torn = False
+
+    def close(self) -> None:
+        pass
+
+    def remove(self) -> None:
+        self.store.remove(self.path)
