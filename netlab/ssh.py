@@ -161,6 +161,23 @@ def vagrant_remote(name: str, options: Tuple[str, ...] = ()) -> Remote:
 
 
 # ------------------------------------------------------------ the connection
+_PREFIX = "netlab-ssh-"  # the master's private directory: netlab-ssh-PID-RANDOM in the temporary directory
+
+
+def _sweep() -> None:
+    """Remove the directories of masters whose netlab is gone (killed, so it could not)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        pid = path.name[len(_PREFIX):].split("-")[0]
+        try:
+            if not pid.isdigit() or path.is_symlink() or path.stat().st_uid != os.geteuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _die_with_parent() -> None:
     """In the ssh master, before exec: SIGTERM when netlab dies, even by kill -9."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -172,7 +189,8 @@ class Connection:
 
     def __init__(self, remote: Remote):
         self.remote = remote
-        self._directory = tempfile.mkdtemp(prefix="netlab-ssh-")
+        _sweep()
+        self._directory = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
         self.control = os.path.join(self._directory, "master")
         self._log = os.path.join(self._directory, "log")
         self.master: Optional[subprocess.Popen] = None
