@@ -11,9 +11,12 @@ command run through the executor (plus readlink): no Python is needed there.
   The remote side does not fsync: /run is a tmpfs, which a reboot empties
   along with the lab (and a journal from another boot is dropped anyway).
 - The lock NAME.lock is a symlink to the pid of a remote shell that lives as
-  long as the connection of its holder (RemoteExecutor.holder): `ln -s` makes
-  it atomically, or fails if it exists. A lock whose process is gone (the
-  holder was killed, or its connection dropped) is stale and is taken over.
+  long as the connection of its holder (RemoteExecutor.holder, which also
+  ends 30 s after the holder's heartbeats stop): `ln -s` makes it
+  atomically, or fails if it exists. A lock whose process is gone (the holder
+  was killed, or its connection dropped) is stale and is taken over, by one
+  taker at a time (`mkdir NAME.lock.take`), and only if it is still the stale
+  one.
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ while [ $n -lt 100 ]; do
   fi
   p=$(readlink "$l") || continue
   if kill -0 "$p" 2>/dev/null; then printf '%s\n' "$p"; exit 3; fi
-  mv "$l" "$l.$$" 2>/dev/null || continue
-  q=$(readlink "$l.$$"); rm -f "$l.$$"
-  [ "$q" = "$p" ] || ln -s "$q" "$l" 2>/dev/null
+  if mkdir "$l.take" 2>/dev/null; then  # one taker at a time; it removes the lock only if still stale
+    [ "$(readlink "$l" 2>/dev/null)" = "$p" ] && rm -f "$l"
+    rmdir "$l.take"
+  else
+    sleep 1
+  fi
 done
 echo "cannot take $l" >&2; exit 4
 '''
@@ -169,8 +175,10 @@ class RemoteLock:
         holder = self.store.executor.holder()
         said = self.store._sh(_LOCK, str(self.store.directory), self.name, holder)
         if said.code == 3:
-            raise LabBusy(f"{self.name} is busy{self.store.where}: another netlab up or down of it is running "
-                          f"(pid {said.stdout.strip()} there); wait for it, or check `netlab status`")
+            label = self.store.executor.remote.label
+            raise LabBusy(f"{self.name} is busy{self.store.where}: another netlab up or down of it holds its "
+                          f"lock (through the shell pid {said.stdout.strip()} there, which ends with that run's "
+                          f"connection); wait for it, or check `netlab status --remote {label}`")
         if not said.ok:
             raise NetlabError(f"cannot lock {self.name}{self.store.where}: {said.stderr.strip()}")
         self._holder = holder

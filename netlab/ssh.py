@@ -37,15 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from netlab.errors import ConnectionFailed, ConnectionLost, InputError
+from netlab.errors import ConnectionFailed, ConnectionLost, InputError, NetlabError
 from netlab.execute import Executor, Result
 
 CONNECT_TIMEOUT = 15  # seconds to connect and log in
 ALIVE_INTERVAL, ALIVE_COUNT = 5, 3  # a dead link is given up after about 15 s
+_DEFAULTS = ("-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",  # after the user's: theirs win
+             "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", f"ServerAliveCountMax={ALIVE_COUNT}")
 REMOTE_WORKERS = 4  # channels side by side; sshd's MaxSessions is 10 per connection by default
 _HOST_RE = re.compile(r"[A-Za-z0-9_.%-]+|\[[0-9A-Fa-f:.%A-Za-z]+\]")
 _USER_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 _SHIPPED = "\nimport sys as _sys\n_sys.exit(main(_sys.argv[1:]))\n"  # runs a shipped module's main()
+_EXIT_MARK = "\nnetlab-exit:"
+_REPORT_EXIT = '"$@"; r=$?; printf \'\\nnetlab-exit:%d\\n\' "$r" >&2; exit "$r"'
 
 
 @dataclass(frozen=True)
@@ -197,16 +201,14 @@ class Connection:
         self.machine = None
 
     def channel_options(self) -> List[str]:
-        """ssh options of a command that must go over the master, and never connect on its own."""
-        return ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control}", "-o", "ProxyCommand=false",
-                "-o", "BatchMode=yes"]
+        """ssh options of a command that must go over the master, and never connect on its own;
+        they come before the user's (ssh takes the first value it is given)."""
+        return ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control}", "-o", "ProxyCommand=false"]
 
     def open(self) -> "Connection":
         options = list(self.remote.options)
-        argv = ["ssh", *options, "-o", "ControlMaster=yes", "-o", f"ControlPath={self.control}",
-                "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
-                "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", f"ServerAliveCountMax={ALIVE_COUNT}",
-                "-N", *self.remote.ssh_arguments()]
+        argv = ["ssh", "-o", "ControlMaster=yes", "-o", f"ControlPath={self.control}", *options,
+                *_DEFAULTS, "-N", *self.remote.ssh_arguments()]
         if shutil.which("ssh") is None:
             raise InputError("ssh is not installed (on Debian or Ubuntu: apt-get install openssh-client)",
                              None, "--remote")
@@ -230,7 +232,8 @@ class Connection:
 
         remote = self.remote
         return SshMachine(remote.host.strip("[]"), user=remote.user, port=remote.port,
-                          ssh_opts=[*remote.options, *self.channel_options()], connect_timeout=CONNECT_TIMEOUT,
+                          ssh_opts=[*self.channel_options(), *remote.options, *_DEFAULTS],
+                          connect_timeout=CONNECT_TIMEOUT,
                           new_session=True)
 
     def _said(self) -> str:
@@ -250,8 +253,11 @@ class Connection:
         """Whether the master still holds the connection (`ssh -O check` asks it)."""
         if self.master is None or self.master.poll() is not None:
             return False
-        check = subprocess.run(["ssh", "-S", self.control, "-O", "check", "netlab"], stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=10)
+        try:
+            check = subprocess.run(["ssh", "-S", self.control, "-O", "check", "netlab"], stdin=subprocess.DEVNULL,
+                                   capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
         return check.returncode == 0
 
     def lost(self, detail: str = "") -> ConnectionLost:
@@ -341,23 +347,36 @@ class RemoteExecutor(Executor):
             return super()._program(name)
 
     def command_line(self, argv: Sequence[str], netns: Optional[str], input: Optional[str]):
+        """ARGV wrapped so that its own exit code comes back on stderr (_EXIT_MARK): ssh
+        exits 255 when a channel or the connection fails, as `ip netns exec` does for a
+        missing namespace, and only the mark tells them apart."""
         if argv and argv[0] == "netlab":  # a lab service: the server's source to the remote python3
             from netlab import serve
 
             argv, input = ("python3", "-", *argv), shipped_source(serve)
-        return (*self._sudo, *super().command_line(argv, netns, input)[0]), input
+        inner = super().command_line(argv, netns, input)[0]
+        return (*self._sudo, "sh", "-c", _REPORT_EXIT, "sh", *inner), input
 
     def finished(self, result: Result) -> Result:
-        """ssh exits 255 when the connection fails, as `ip netns exec` does for a missing
-        namespace: ask the master which it was."""
-        if result.code == 255 and not self.connection.alive():
-            raise self.connection.lost()
+        head, mark, code = result.stderr.rpartition(_EXIT_MARK)
+        if mark and code.strip().isdigit():
+            return Result(result.argv, int(code), result.stdout, head)
+        if result.code == 255:  # the command never ended under the remote shell: ssh failed
+            raise self.connection.lost("" if not self.connection.alive() else
+                                       (result.stderr.strip().splitlines() or ["ssh failed"])[-1])
         return result
 
     def run(self, argv: Sequence[str], netns: Optional[str] = None, input: Optional[str] = None) -> Result:
         if self.connection.master is None or self.connection.master.poll() is not None:
             raise self.connection.lost()
-        return super().run(argv, netns, input)
+        try:
+            return super().run(argv, netns, input)
+        except NetlabError:
+            raise
+        except Exception as error:  # plumbum's own (SSHCommsError, EOFError, ...) when the session dies
+            if self.connection.alive():
+                raise
+            raise self.connection.lost(str(error)) from None
 
     def interactive_argv(self, argv: Sequence[str], netns: Optional[str], tty: bool) -> List[str]:
         """The ssh command line that runs ARGV in NETNS on the remote host with the user's
@@ -365,28 +384,61 @@ class RemoteExecutor(Executor):
         from netlab.plan import in_netns
 
         remote_command = shlex.join((*self._sudo, *in_netns(netns, argv)))
-        return ["ssh", *(["-t"] if tty else []), *self.remote.ssh_arguments(), remote_command]
+        options = self.remote.ssh_arguments()
+        return ["ssh", *(["-t"] if tty else []), *options[:-2], *_DEFAULTS, *options[-2:], remote_command]
 
     def holder(self) -> str:
-        """The pid of a remote shell that lives as long as this connection: a remote lock
-        names it, and is stale once that process is gone (netlab.remote_state)."""
+        """The pid of a remote shell that lives as long as this run holds its connection: a
+        remote lock names it, and is stale once that process is gone (netlab.remote_state).
+        It ends when its stdin closes (netlab or the master died), and, after a link went
+        silent, when no heartbeat came for HOLDER_TIMEOUT seconds (sshd may not notice a
+        dead connection for hours)."""
         with self._lock:
             if self._holder is None:
-                session = self.connection.machine.session(new_session=True)
-                code, out, _ = session.run("echo $$", retcode=None)
-                if code != 0 or not out.strip().isdigit():
-                    session.close()
-                    raise self.connection.lost("no shell for the lock")
-                self._holder = (session, out.strip())
-            return self._holder[1]
+                process = self.connection.machine["sh"]["-c", _HOLDER, "sh", str(HOLDER_TIMEOUT)].popen(
+                    new_session=True)
+                pid = process.stdout.readline()
+                pid = (pid.decode() if isinstance(pid, bytes) else pid).strip()
+                if not pid.isdigit():
+                    process.kill()
+                    raise self.connection.lost("no remote shell to hold the lock")
+                stop = threading.Event()
+                beat = threading.Thread(target=_heartbeat, args=(process, stop), daemon=True)
+                beat.start()
+                self._holder = (process, stop, pid)
+            return self._holder[2]
 
     def close(self) -> None:
         if self._holder is not None:
+            process, stop, _ = self._holder
+            stop.set()
             try:
-                self._holder[0].close()
-            except Exception:
-                pass
+                process.stdin.close()
+                process.wait(5)
+            except Exception:  # gone with the connection already
+                process.kill()
             self._holder = None
+
+
+HOLDER_TIMEOUT = 30  # seconds without a heartbeat after which the remote lock holder ends
+_HOLDER = r"""
+echo $$
+while :; do
+  (trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "$1" & s=$!; wait $s && kill $$) </dev/null >/dev/null 2>&1 &
+  w=$!
+  read -r beat || { kill $w 2>/dev/null; exit 0; }
+  kill $w 2>/dev/null
+done
+"""
+
+
+def _heartbeat(process, stop: threading.Event) -> None:
+    while not stop.wait(HOLDER_TIMEOUT / 6):
+        try:
+            process.stdin.write(b"\n" if "b" in getattr(process.stdin, "mode", "b") else "\n")
+            process.stdin.flush()
+        except (OSError, ValueError):
+            return
 
 
 def connect(spec: str, ssh_opts: Sequence[str] = ()):

@@ -56,7 +56,14 @@ def run_checks(checks: Sequence[LabCheck], executor: Optional[Executor] = None) 
             ok, detail = _connect(check, executor)
         results[i] = CheckResult(check, ok, detail, time.monotonic() - started)
 
-    threads = [threading.Thread(target=run, args=(i, check), daemon=True) for i, check in enumerate(checks)]
+    # a remote host's checks are channels of one ssh connection, which sshd limits (MaxSessions)
+    limit = threading.BoundedSemaphore(executor.workers if executor.remote is not None else max(len(checks), 1))
+
+    def limited(i: int, check: LabCheck) -> None:
+        with limit:
+            run(i, check)
+
+    threads = [threading.Thread(target=limited, args=(i, check), daemon=True) for i, check in enumerate(checks)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -118,7 +125,8 @@ def _connect_remotely(check: LabCheck, executor: Executor):
         return bool(ok), str(detail)
     except ValueError:
         said = result.stderr.strip().splitlines()
-        if result.code == 127:
+        if result.code == 127 or any("python3" in line and ("not found" in line or "No such file" in line)
+                                     for line in said):
             return None, f"needs python3 on {executor.remote.label}"
         return False, said[-1] if said else f"exit code {result.code}"
 

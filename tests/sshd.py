@@ -35,11 +35,12 @@ ordinary namespace of this machine, which the test can inspect and conftest's
 cleanup removes when it is named under the test's prefix. Consequences: /proc/sys/net
 and netlink (`ip`, `sysctl`, `iptables`) are the server namespace's; /sys/class/net
 is the host's (read-only, harmless). sshd's SetEnv gives every session
+HOME=an empty directory of the harness (so root's own ~/.bashrc is not read) and
 NETLAB_STATE_DIR=`host.remote_state_dir` (a path in the temporary directory, not
 created in advance, as /run/netlab on a fresh host), so the remote side's
 journal and lock never meet the local one. Commands run as root in root's
-login shell (bash, which reads ~/.bashrc over ssh), with sshd's PATH plus what
-that adds: no .venv/bin, so run netlab remotely by its full path.
+login shell (bash; its ~/.bashrc would be the empty HOME's, so none is read),
+with sshd's PATH: no .venv/bin, so run netlab remotely by its full path.
 
 Breaking a connection (two ways, both leave the listener running):
 - `host.drop_connections()` SIGKILLs the processes sshd forked for its
@@ -412,6 +413,7 @@ class SshHost:
         self.known_hosts.write_text(f"{name} {key_type} {key}\n")
 
     def _write_configs(self) -> None:
+        self._path("home").mkdir(mode=0o700, exist_ok=True)
         server = [
             f"# netlab test harness (tests/sshd.py): the sshd of namespace {self.server_netns}",
             f"ListenAddress {self.address}",
@@ -433,7 +435,9 @@ class SshHost:
             "UseDNS no",
             "LogLevel VERBOSE",
             "MaxStartups 100:30:200",
-            f"SetEnv NETLAB_STATE_DIR={self.remote_state_dir}",
+            # HOME: an empty directory, so the login shell reads no ~/.bashrc of this machine's root
+            # (a pyenv there takes 85 ms per command, and leaves a stale lock when a test kills it)
+            f"SetEnv NETLAB_STATE_DIR={self.remote_state_dir} HOME={self._path('home')}",
             "Subsystem sftp internal-sftp",  # scp of OpenSSH >= 9.0 speaks SFTP
         ]
         if sshd_version() >= (9, 8):

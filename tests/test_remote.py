@@ -337,6 +337,9 @@ def test_a_run_cut_off_mid_up_is_restored_by_down(remote, sandbox_prefix, star20
             break
         time.sleep(0.2)
     assert state == "partial", status.stdout + status.stderr
+    if cut == "kill -9 of netlab":  # an interrupted up goes on where it stopped, over a new connection
+        assert f"{name} is up" in remote.ok("up", star20, "--sandbox", name)
+        assert remote.ok("verify", name)
 
     out = remote.ok("down", name)
     assert f"{name} is down" in out
@@ -360,5 +363,34 @@ def test_a_second_up_is_busy_and_sigterm_rolls_back_over_ssh(remote, sandbox_pre
             process.kill()
             process.wait()
     assert "rolled back: the host is as it was" in process.stderr.read()
+    assert snapshot(name) == {}
+    assert not remote.journal(name).exists()
+
+
+@pytest.mark.root
+def test_a_link_that_dies_silently_mid_up_frees_the_lock_and_down_restores(remote, sandbox_prefix, star20):
+    """The link goes dead without a word (no FIN, no RST): netlab gives up after its
+    keepalives, and the remote shell that holds the lock ends when its heartbeats stop,
+    although sshd has not noticed; so `down`, once the link is back, is not kept out."""
+    name = f"{sandbox_prefix}-lab"
+    process = remote.start("up", star20, "--sandbox", name, "--step-by-step")
+    try:
+        _wait_for_starts(remote, name, 20, process)
+        remote.host.cut_link()
+        assert process.wait(90) == 1
+        error = process.stderr.read().strip().splitlines()[-1]
+        assert error.startswith(f"netlab: error: lost the connection to {remote.host.remote}"), error
+    finally:
+        remote.host.restore_link()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + 90
+    while True:
+        result = remote.run("down", name)
+        if result.returncode == 0 or "is busy" not in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert result.returncode == 0, result.stderr
     assert snapshot(name) == {}
     assert not remote.journal(name).exists()
