@@ -24,6 +24,7 @@ from kernel import settled, snapshot
 from netlab.errors import InputError
 from netlab.ssh import Remote, parse_remote, parse_ssh_config
 from netlab.star import star_lab
+from test_runner import BAD_ROUTE, Netlab
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,49 +121,22 @@ def test_a_vagrant_machine_that_is_not_up_is_a_connection_failure(tmp_path):
 
 
 # ------------------------------------------------------------ over a real ssh server (root)
-class RemoteNetlab:
-    """netlab run in the client namespace, pointed at the ssh host with --remote."""
+class RemoteNetlab(Netlab):
+    """netlab run in the client namespace, pointed at the ssh host with --remote (SPEC:
+    the host's own address unless a test says otherwise); the journal is the remote one."""
 
     def __init__(self, host, state_dir: Path):
         self.host = host
+        self.spec = host.remote
+        self.state_dir = host.remote_state_dir
         self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir), "PYTHONPATH": str(ROOT)}
 
-    def argv(self, *args, remote=None):
+    def argv(self, *args):
         """netlab ARGS --remote ... (before the `--` of exec, where netlab's options end)."""
         args = list(map(str, args))
         end = args.index("--") if "--" in args else len(args)
-        options = ["--remote", remote or self.host.remote, *(f"--ssh-opt={o}" for o in self.host.ssh_opts)]
+        options = ["--remote", self.spec, *(f"--ssh-opt={o}" for o in self.host.ssh_opts)]
         return self.host.client_argv([sys.executable, "-m", "netlab", *args[:end], *options, *args[end:]])
-
-    def run(self, *args, remote=None, timeout=300) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*args, remote=remote), capture_output=True, text=True, env=self.env,
-                              stdin=subprocess.DEVNULL, timeout=timeout, cwd=ROOT)
-
-    def ok(self, *args) -> str:
-        result = self.run(*args)
-        assert result.returncode == 0, f"netlab {args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
-        return result.stdout
-
-    def start(self, *args) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=self.env, stdin=subprocess.DEVNULL, cwd=ROOT)
-
-    def journal(self, name: str) -> Path:
-        return self.host.remote_state_dir / f"{name}.journal"
-
-    def records(self, name: str, key: str) -> list:
-        path = self.journal(name)
-        if not path.exists():
-            return []
-        found = []
-        for line in path.read_text().splitlines()[1:]:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if key in record:
-                found.append(record[key])
-        return found
 
 
 def _local(*args, state_dir: Path) -> str:
@@ -266,8 +240,8 @@ def test_exec_over_ssh_gives_the_commands_exit_code(remote, sandbox_prefix):
 def test_a_connection_that_fails_is_one_line_exit_1_and_nothing_changed(remote, sandbox_prefix, command):
     name = f"{sandbox_prefix}-lab"
     args = [word.format(name=name) for word in command]
-    wrong_port = f"root@{remote.host.address}:{remote.host.port + 1}"
-    result = remote.run(*args, remote=wrong_port)
+    wrong_port = remote.spec = f"root@{remote.host.address}:{remote.host.port + 1}"
+    result = remote.run(*args)
     assert result.returncode == 1, result.stderr
     error = _one_line_error(result)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -280,8 +254,6 @@ def test_a_connection_that_fails_is_one_line_exit_1_and_nothing_changed(remote, 
 def test_a_failing_step_over_ssh_rolls_the_remote_host_back(remote, sandbox_prefix, tmp_path):
     """A real kernel error in the middle of the lab (a route through a gateway that is not
     on any link): named with the kernel's words, and everything is undone over ssh."""
-    from test_runner import BAD_ROUTE
-
     name = f"{sandbox_prefix}-lab"
     topology = tmp_path / "bad-route.yaml"
     topology.write_text(BAD_ROUTE)
