@@ -152,12 +152,13 @@ def vagrant_remote(name: str, options: Tuple[str, ...] = ()) -> Remote:
                               text=True, timeout=120)
     except subprocess.TimeoutExpired:
         raise ConnectionFailed(f"cannot connect to {label}: `vagrant ssh-config {name}` did not answer") from None
-    settings = dict(parse_ssh_config(done.stdout)) if done.returncode == 0 else {}
+    pairs = parse_ssh_config(done.stdout) if done.returncode == 0 else []
+    settings = dict(pairs)
     if "HostName" not in settings:
         said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1].strip()
         raise ConnectionFailed(f"cannot connect to {label}: vagrant ssh-config {name}: {said} "
                                f"(is it up? see `vagrant status`)")
-    extra = [word for key, value in settings.items() if key not in ("HostName", "User", "Port")
+    extra = [word for key, value in pairs if key not in ("HostName", "User", "Port")  # every IdentityFile
              for word in ("-o", f"{key}={value}")]
     port = settings.get("Port")
     return Remote(label, settings["HostName"], settings.get("User"), int(port) if port and port.isdigit() else None,
