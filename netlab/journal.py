@@ -27,7 +27,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from netlab.errors import InputError, NetlabError
 
@@ -223,11 +223,10 @@ class Journal:
 
     def open_for_append(self) -> "Journal":
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-        size = os.fstat(fd).st_size
-        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
         self._handle = os.fdopen(fd, "a", encoding="utf-8")
-        if torn:  # end the torn line, or the next record would be glued to it and lost
+        if self.torn:  # end the torn line, or the next record would be glued to it and lost
             self._handle.write("\n")
+            self.torn = False
         return self
 
     def append(self, **record) -> None:
@@ -384,25 +383,35 @@ def all_journals(directory: Path) -> List[Journal]:
     return journals
 
 
-def find(directory: Path, name: str) -> Optional[Path]:
-    """The journal of the lab called NAME on this host, or of the one lab whose own name is NAME."""
-    path = journal_path(directory, name)
-    if path.exists():
-        return path
-    matches: List[Tuple[str, Path]] = [(j.name, j.path) for j in all_journals(directory) if j.lab == name]
-    if len(matches) > 1:
-        names = ", ".join(found for found, _ in matches)
-        raise InputError(f"{len(matches)} labs of {name} are up ({names}); name one of them")
-    return matches[0][1] if matches else None
-
-
-class LocalStore:
-    """The journals and locks of the labs on this host, in its state directory.
-
-    netlab.remote_state has the same interface for a host reached over SSH: the
-    runner and `status` use a store and never touch its files themselves."""
+class Store:
+    """Where the journals and locks of a host's labs live: LocalStore here,
+    netlab.remote_state.RemoteStore on a host reached over SSH. The runner and `status`
+    use a store and never touch its files themselves."""
 
     where = ""  # said after a lab's name in messages; " on HOST" for a remote store
+
+    def read(self, name: str) -> Optional[Journal]:
+        """The journal of the lab called NAME; None when there is none."""
+        raise NotImplementedError
+
+    def all(self) -> List[Journal]:
+        """Every readable journal, by name."""
+        raise NotImplementedError
+
+    def find(self, name: str, exact: bool = False) -> Optional[Journal]:
+        """The journal of the lab called NAME, or (unless EXACT) of the one lab whose own name is NAME."""
+        record = self.read(name)
+        if record is not None or exact:
+            return record
+        matches = [journal for journal in self.all() if journal.lab == name]
+        if len(matches) > 1:
+            names = ", ".join(journal.name for journal in matches)
+            raise InputError(f"{len(matches)} labs of {name} are up{self.where} ({names}); name one of them")
+        return matches[0] if matches else None
+
+
+class LocalStore(Store):
+    """The journals and locks of the labs on this host, in its state directory."""
 
     def __init__(self, directory: Optional[os.PathLike] = None, create: bool = True):
         self.directory = state_dir(directory, create)
@@ -414,19 +423,11 @@ class LocalStore:
         return Lock(self.directory, name).held_elsewhere()
 
     def read(self, name: str) -> Optional[Journal]:
-        """The journal of the lab called NAME; None when there is none."""
         path = journal_path(self.directory, name)
         return Journal.read(path) if path.exists() else None
 
     def create(self, name: str, header: dict, steps) -> Journal:
         return Journal.create(journal_path(self.directory, name), header, steps)
-
-    def find(self, name: str, exact: bool = False) -> Optional[str]:
-        """The name of the lab called NAME, or (unless EXACT) of the one lab whose own name is NAME."""
-        if exact:
-            return name if journal_path(self.directory, name).exists() else None
-        path = find(self.directory, name)
-        return path.name[: -len(SUFFIX)] if path else None
 
     def all(self) -> List[Journal]:
         return all_journals(self.directory)

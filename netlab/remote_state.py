@@ -26,7 +26,7 @@ from pathlib import PurePosixPath
 from typing import List, Optional
 
 from netlab.errors import ConnectionLost, InputError, NetlabError
-from netlab.journal import SUFFIX, Journal, LabBusy, header_text, stamped
+from netlab.journal import SUFFIX, Journal, LabBusy, Store, header_text, stamped
 
 _STATE_DIR = r'''
 d=${1:-${NETLAB_STATE_DIR:-/run/netlab}}
@@ -77,7 +77,7 @@ done
 '''
 
 
-class RemoteStore:
+class RemoteStore(Store):
     """The journals and locks on the host of EXECUTOR (a netlab.ssh.RemoteExecutor)."""
 
     def __init__(self, executor, directory: Optional[str] = None, create: bool = True):
@@ -135,18 +135,6 @@ class RemoteStore:
         said = self._sh(_REMOVE, str(path))
         if not said.ok:
             raise NetlabError(f"cannot remove the journal {path}{self.where}: {said.stderr.strip()}")
-
-    def find(self, name: str, exact: bool = False) -> Optional[str]:
-        """The name of the lab called NAME, or (unless EXACT) of the one lab whose own name is NAME."""
-        if self.read(name) is not None:
-            return name
-        if exact:
-            return None
-        matches = [journal.name for journal in self.all() if journal.lab == name]
-        if len(matches) > 1:
-            raise InputError(f"{len(matches)} labs of {name} are up{self.where} ({', '.join(matches)}); "
-                             f"name one of them")
-        return matches[0] if matches else None
 
     def all(self) -> List[Journal]:
         """Every journal in the remote state directory, by name; unreadable ones are skipped."""

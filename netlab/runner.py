@@ -502,9 +502,10 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
     executor = executor or Executor()
     executor.require_root("down")
     store = executor.state_store(state_dir)
-    real_name = store.find(name, exact)
-    if real_name is None:
+    found = store.find(name, exact)
+    if found is None:
         return Outcome(name, 0, 0, f"{name} is not up{store.where}; nothing to do")
+    real_name = found.name
     with store.lock(real_name):
         record = _current(store, real_name, reporter)
         if record is None:

@@ -33,9 +33,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from netlab.errors import ConnectionFailed, ConnectionLost, InputError, NetlabError
 from netlab.execute import Executor, Result
@@ -62,14 +63,15 @@ class Remote:
     port: Optional[int] = None
     options: Tuple[str, ...] = ()  # ssh arguments: --ssh-opt, then what vagrant said
 
-    def ssh_arguments(self) -> List[str]:
-        """ssh's arguments before the command, ending with the destination."""
+    def ssh_arguments(self, *more: str) -> List[str]:
+        """ssh's arguments before the command: the user's options, then MORE, then the
+        destination (ssh takes the first value it is given for an option)."""
         argv = list(self.options)
         if self.port is not None:
             argv += ["-p", str(self.port)]
         if self.user is not None:
             argv += ["-l", self.user]
-        return argv + ["--", self.host.strip("[]")]
+        return argv + list(more) + ["--", self.host.strip("[]")]
 
 
 def _ssh_words(ssh_opts: Sequence[str]) -> Tuple[str, ...]:
@@ -207,9 +209,8 @@ class Connection:
         return ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control}", "-o", "ProxyCommand=false"]
 
     def open(self) -> "Connection":
-        options = list(self.remote.options)
-        argv = ["ssh", "-o", "ControlMaster=yes", "-o", f"ControlPath={self.control}", *options,
-                *_DEFAULTS, "-N", *self.remote.ssh_arguments()]
+        argv = ["ssh", "-o", "ControlMaster=yes", "-o", f"ControlPath={self.control}",
+                *self.remote.ssh_arguments(*_DEFAULTS, "-N")]
         if shutil.which("ssh") is None:
             raise InputError("ssh is not installed (on Debian or Ubuntu: apt-get install openssh-client)",
                              None, "--remote")
@@ -313,7 +314,7 @@ class RemoteExecutor(Executor):
         self.remote = connection.remote
         self._lock = threading.Lock()
         self._sudo: Tuple[str, ...] = ()
-        self._holder: Optional[Tuple[object, str]] = None
+        self._holder: Optional[tuple] = None  # (the process, its heartbeat's stop event, its remote pid)
         self._facts = self._ask()
 
     def _ask(self) -> List[str]:
@@ -385,8 +386,7 @@ class RemoteExecutor(Executor):
         from netlab.plan import in_netns
 
         remote_command = shlex.join((*self._sudo, *in_netns(netns, argv)))
-        options = self.remote.ssh_arguments()
-        return ["ssh", *(["-t"] if tty else []), *options[:-2], *_DEFAULTS, *options[-2:], remote_command]
+        return ["ssh", *(["-t"] if tty else []), *self.remote.ssh_arguments(*_DEFAULTS), remote_command]
 
     def holder(self) -> str:
         """The pid of a remote shell that lives as long as this run holds its connection: a
@@ -398,8 +398,7 @@ class RemoteExecutor(Executor):
             if self._holder is None:
                 process = self.connection.machine["sh"]["-c", _HOLDER, "sh", str(HOLDER_TIMEOUT)].popen(
                     new_session=True)
-                pid = process.stdout.readline()
-                pid = (pid.decode() if isinstance(pid, bytes) else pid).strip()
+                pid = process.stdout.readline().decode(errors="replace").strip()
                 if not pid.isdigit():
                     process.kill()
                     raise self.connection.lost("no remote shell to hold the lock")
@@ -436,32 +435,18 @@ done
 def _heartbeat(process, stop: threading.Event) -> None:
     while not stop.wait(HOLDER_TIMEOUT / 6):
         try:
-            process.stdin.write(b"\n" if "b" in getattr(process.stdin, "mode", "b") else "\n")
+            process.stdin.write(b"\n")
             process.stdin.flush()
         except (OSError, ValueError):
             return
 
 
-def connect(spec: str, ssh_opts: Sequence[str] = ()):
-    """A context manager: the executor of the host SPEC names, over SSH."""
-    return _Connected(parse_remote(spec, ssh_opts))
-
-
-class _Connected:
-    def __init__(self, remote: Remote):
-        self.connection = Connection(remote)
-        self.executor: Optional[RemoteExecutor] = None
-
-    def __enter__(self) -> RemoteExecutor:
-        self.connection.__enter__()
+@contextmanager
+def connect(spec: str, ssh_opts: Sequence[str] = ()) -> Iterator[RemoteExecutor]:
+    """The executor of the host SPEC names, over SSH, for the length of a `with`."""
+    with Connection(parse_remote(spec, ssh_opts)) as connection:
+        executor = RemoteExecutor(connection)
         try:
-            self.executor = RemoteExecutor(self.connection)
-        except BaseException:
-            self.connection.close()
-            raise
-        return self.executor
-
-    def __exit__(self, *exc) -> None:
-        if self.executor is not None:
-            self.executor.close()
-        self.connection.close()
+            yield executor
+        finally:
+            executor.close()

@@ -79,8 +79,7 @@ def read_lab(name: str, state_dir=None, action: str = "status", executor: Option
     executor = executor or Executor()
     executor.require_root(action)
     store = executor.state_store(state_dir, create=False)
-    real_name = store.find(name)
-    record = store.read(real_name) if real_name else None
+    record = store.find(name)
     if record is None:
         up = ", ".join(record.name for record in store.all()) or "none"
         raise InputError(f"no lab called {name} is up{store.where} (up: {up})")

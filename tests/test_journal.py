@@ -64,12 +64,14 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
 
 def test_find_takes_the_name_on_the_host_or_the_one_lab_of_that_name(tmp_path):
     _journal(tmp_path, "box1").close()
-    assert journal.find(tmp_path, "box1").name == "box1.journal"
-    assert journal.find(tmp_path, "egress-ingress").name == "box1.journal"
-    assert journal.find(tmp_path, "bridge-3ns") is None
+    store = journal.LocalStore(tmp_path)
+    assert store.find("box1").path.name == "box1.journal"
+    assert store.find("egress-ingress").path.name == "box1.journal"
+    assert store.find("egress-ingress", exact=True) is None
+    assert store.find("bridge-3ns") is None
     _journal(tmp_path, "box2").close()
     with pytest.raises(InputError, match=r"2 labs of egress-ingress are up \(box1, box2\); name one of them"):
-        journal.find(tmp_path, "egress-ingress")
+        store.find("egress-ingress")
 
 
 def test_the_state_dir_is_made_0700_and_a_symlink_is_refused(tmp_path):

@@ -311,7 +311,8 @@ def test_a_run_cut_off_mid_up_is_restored_by_down(remote, sandbox_prefix, star20
     assert state == "partial", status.stdout + status.stderr
     if cut == "kill -9 of netlab":  # an interrupted up goes on where it stopped, over a new connection
         assert f"{name} is up" in remote.ok("up", star20, "--sandbox", name)
-        assert remote.ok("verify", name)
+        steps = json.loads(remote.ok("status", name, "--json"))["steps"]
+        assert steps and all(step["state"] in ("in effect", "read-only") for step in steps)
 
     out = remote.ok("down", name)
     assert f"{name} is down" in out
@@ -348,10 +349,16 @@ def test_a_link_that_dies_silently_mid_up_frees_the_lock_and_down_restores(remot
     process = remote.start("up", star20, "--sandbox", name, "--step-by-step")
     try:
         _wait_for_starts(remote, name, 20, process)
+        holder = int(os.readlink(remote.host.remote_state_dir / f"{name}.lock"))
         remote.host.cut_link()
         assert process.wait(90) == 1
         error = process.stderr.read().strip().splitlines()[-1]
         assert error.startswith(f"netlab: error: lost the connection to {remote.host.remote}"), error
+        # with the link still dead, sshd cannot know: the holder ends for want of heartbeats
+        deadline = time.monotonic() + 60
+        while os.path.exists(f"/proc/{holder}") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not os.path.exists(f"/proc/{holder}"), "the remote lock holder outlived its heartbeats"
     finally:
         remote.host.restore_link()
         if process.poll() is None:
