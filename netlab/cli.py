@@ -78,19 +78,19 @@ def _host(remote: Optional[str], ssh_opts: List[str]):
     if remote is None:
         if ssh_opts:
             raise InputError("--ssh-opt is for --remote; there is no remote host", None, "--ssh-opt")
-        from netlab.execute import Executor
+        from netlab.run.execute import Executor
 
         yield Executor()
         return
-    from netlab.ssh import connect
+    from netlab.remote.ssh import connect
 
     with connect(remote, ssh_opts) as executor:
         yield executor
 
 
 def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host_netns: Optional[str] = None):
-    from netlab.plan import make_plan
-    from netlab.source import parse_overrides
+    from netlab.model.source import parse_overrides
+    from netlab.render.plan import make_plan
 
     return make_plan(target, sandbox, host_netns, parse_overrides(assignments))
 
@@ -107,7 +107,7 @@ def labs_command(as_json: bool = typer.Option(False, "--json", help="A JSON list
 
     Example: netlab labs
     """
-    from netlab.source import catalog
+    from netlab.model.source import catalog
 
     labs = catalog()
     if as_json:
@@ -125,7 +125,7 @@ def show_command(lab: str = typer.Argument(..., metavar="LAB", help=TARGET_HELP)
 
     Example: netlab show egress-ingress > my-lab.yaml
     """
-    from netlab.source import read_text
+    from netlab.model.source import read_text
 
     typer.echo(read_text(lab), nl=False)
 
@@ -160,51 +160,15 @@ def plan_command(
 
 
 def _print_batches(plan, as_json: bool) -> None:
-    from netlab.batches import schedule, teardown
+    from netlab.run.batches import explain
 
-    batches = schedule(plan.steps)
-    steps = {step.index: step for step in plan.steps}
-    undo = teardown(steps, [step.index for step in reversed(plan.steps)])
+    explanation = explain(plan.steps)
     if as_json:
-        _print_json({**batches.to_dict(), "down": {
-            "alone": undo.alone, "rules": [batch.to_dict() for batch in undo.rules],
-            "delete": undo.delete, "covered": undo.covered, "leftovers": [list(link) for link in undo.leftovers]}})
+        _print_json(explanation.to_dict())
         return
-    processes = len(batches.batches)
-    typer.echo(f"# {plan.lab}: {len(plan.steps)} steps in {processes} processes, {len(batches.rounds)} rounds "
-               f"(the batches of a round run side by side)")
-    for number, round_ in enumerate(batches.rounds, 1):
-        typer.echo(f"round {number}:")
-        for batch in round_:
-            numbers = ", ".join(str(step.index) for step in batch.steps)
-            typer.echo(f"  {batch.command}    # step{'s' if len(batch.steps) > 1 else ''} {numbers}")
-            for line, unit in batch.input_lines():
-                note = "" if unit is None else "    # " + ", ".join(str(step.index) for step in unit.steps)
-                typer.echo(f"    {line}{note}")
-    typer.echo("down:")
-    for index in undo.alone:
-        typer.echo(f"  {steps[index].undo_command}    # step {index}")
-    for batch in undo.rules:
-        typer.echo(f"  {batch.command}    # steps {', '.join(str(step.index) for step in batch.steps)}")
-        for line, _ in batch.input_lines():
-            typer.echo(f"    {line}")
-    if undo.delete:
-        undone = undo.covered + undo.delete
-        typer.echo(f"  ip -force -batch -    # undoes step{'s' if len(undone) > 1 else ''} {_ranges(undone)}")
-        for line in undo.delete_input(steps).splitlines():
-            typer.echo(f"    {line}")
-
-
-def _ranges(numbers) -> str:
-    """1, 2, 3, 5 as 1-3, 5."""
-    numbers = sorted(numbers)
-    parts, start = [], None
-    for i, number in enumerate(numbers):
-        start = number if start is None else start
-        if i + 1 == len(numbers) or numbers[i + 1] != number + 1:
-            parts.append(str(start) if start == number else f"{start}-{number}")
-            start = None
-    return ", ".join(parts)
+    typer.echo(f"# {plan.lab}: {explanation.heading}")
+    for line in explanation.lines():
+        typer.echo(line)
 
 
 @app.command("export")
@@ -221,13 +185,13 @@ def export_command(
 
     Example: netlab export egress-ingress --sandbox -o lab.sh && sudo bash lab.sh up
     """
-    from netlab.export import export_script
+    from netlab.render.export import export_script, write_script
 
     script = export_script(_make_plan(target, sandbox, assignments, host_netns))
     if output is None or str(output) == "-":
         typer.echo(script, nl=False)
         return
-    _write_executable(output, script)
+    write_script(output, script)
     typer.echo(f"wrote {output}", err=True)
 
 
@@ -259,8 +223,8 @@ def up_command(
 
     Example: netlab up egress-ingress --sandbox --remote root@lab1.example.net --verify
     """
-    from netlab.progress import TerminalReporter
-    from netlab.runner import down, up
+    from netlab.run.progress import TerminalReporter
+    from netlab.run.runner import down, up
 
     plan = _make_plan(target, sandbox, assignments, host_netns)
     with _host(remote, ssh_opts) as executor:
@@ -269,7 +233,7 @@ def up_command(
         typer.echo(outcome.summary)
         if not verify:
             return
-        from netlab.verify import run_checks
+        from netlab.check.verify import run_checks
 
         if _report_checks(plan.name, run_checks(plan.checks, executor), as_json=False):
             return
@@ -299,8 +263,8 @@ def down_command(
 
     Example: netlab down nl-ei --remote root@lab1.example.net
     """
-    from netlab.progress import TerminalReporter
-    from netlab.runner import down
+    from netlab.run.progress import TerminalReporter
+    from netlab.run.runner import down
 
     with _host(remote, ssh_opts) as executor, TerminalReporter() as reporter:
         outcome = down(name, reporter=reporter, executor=executor, step_by_step=step_by_step)
@@ -330,8 +294,7 @@ def status_command(
 
 
 def _status(name: Optional[str], as_json: bool, executor) -> None:
-    from netlab import status
-
+    from netlab.check import status
     if name is None:
         labs = status.labs(executor=executor)
         if as_json:
@@ -358,7 +321,7 @@ def _status(name: Optional[str], as_json: bool, executor) -> None:
 
 def _report_checks(name: str, results, as_json: bool) -> bool:
     """Print the checks' table (or JSON); whether they all passed."""
-    from netlab.verify import passed, table
+    from netlab.check.verify import passed, table
 
     ok = passed(results)
     if as_json:
@@ -392,8 +355,8 @@ def verify_command(
 
     Example: netlab verify nl-ei --remote root@lab1.example.net
     """
-    from netlab.status import read_lab
-    from netlab.verify import lab_checks, run_checks
+    from netlab.check.status import read_lab
+    from netlab.check.verify import lab_checks, run_checks
 
     with _host(remote, ssh_opts) as executor:
         record, _ = read_lab(name, action="verify", executor=executor)
@@ -419,7 +382,7 @@ def doctor_command(
 
     Example: sudo netlab doctor nl-ei
     """
-    from netlab.doctor import diagnose
+    from netlab.check.doctor import diagnose
 
     report = diagnose(name)
     if as_json:
@@ -452,7 +415,7 @@ def exec_command(
     """
     import shutil
 
-    from netlab.status import read_lab, resolve_netns
+    from netlab.check.status import read_lab, resolve_netns
 
     with _host(remote, ssh_opts) as executor:
         record, _ = read_lab(name, action="exec", executor=executor)
@@ -484,7 +447,7 @@ def capture_command(
     """
     import shutil
 
-    from netlab.status import find_link, read_lab
+    from netlab.check.status import find_link, read_lab
 
     record, _ = read_lab(name, action="capture")
     real, link = find_link(record, iface)
@@ -499,22 +462,6 @@ def _exec(argv) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(argv[0], list(argv))
-
-
-def _write_executable(path: Path, text: str) -> None:
-    """Write all or nothing: a temporary file beside PATH, renamed over it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temporary, 0o755)
-        os.replace(temporary, path)
-    except OSError as error:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
-        raise InputError(f"cannot write: {error.strerror or error}", str(path), "--output") from None
 
 
 @app.command("serve")
@@ -542,9 +489,9 @@ def serve_command(
 
     Example: sudo ip netns exec ns0 netlab serve --background 192.168.0.2 3000
     """
-    from netlab import serve
-    from netlab.topology import ipv4_address
-    from netlab.topology import port as parse_port
+    from netlab.model.topology import ipv4_address
+    from netlab.model.topology import port as parse_port
+    from netlab.programs import serve
 
     try:
         address = str(ipv4_address(address))
@@ -596,7 +543,7 @@ def normalize_sandbox(args: List[str]) -> List[str]:
     lab or an existing file (that is the TARGET): `plan --sandbox egress-ingress`
     and `plan egress-ingress --sandbox box1` both do what they say.
     """
-    from netlab.source import builtin_path
+    from netlab.model.source import builtin_path
 
     out = []
     i = 0

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-from netlab.execute import Executor, Result
-from netlab.plan import Plan
+from netlab.render.plan import Plan
+from netlab.run.execute import Executor, Result
 
 
 class Lab:
@@ -39,7 +39,7 @@ class Lab:
         return self.plan.netns(name)  # a sandbox maps `host` to its host namespace itself
 
     def up(self) -> "Lab":
-        from netlab.runner import up
+        from netlab.run.runner import up
 
         up(self.plan, self.state_dir, self.reporter)
         self.is_up = True
@@ -47,7 +47,7 @@ class Lab:
 
     def down(self) -> None:
         """Take the lab down (a lab that is not up is nothing to do)."""
-        from netlab.runner import down
+        from netlab.run.runner import down
 
         down(self.name, self.state_dir, self.reporter, exact=True)
         self.is_up = False
@@ -60,14 +60,14 @@ class Lab:
         return result
 
     def verify(self):
-        """Run the lab's checks against the live lab: a list of netlab.verify.CheckResult (`.ok`, `.detail`)."""
-        from netlab.verify import run_checks
+        """Run the lab's checks against the live lab: a list of netlab.check.verify.CheckResult (`.ok`, `.detail`)."""
+        from netlab.check.verify import run_checks
 
         return run_checks(self.plan.checks)
 
     def status(self):
-        """Each step's live state (see netlab.status)."""
-        from netlab.status import lab_steps
+        """Each step's live state (see netlab.check.status)."""
+        from netlab.check.status import lab_steps
 
         return lab_steps(self.name, self.state_dir)[1]
 
@@ -88,13 +88,13 @@ def up(target: str, *, sandbox: Optional[str] = None, host_netns: Optional[str] 
     `sandbox` is a prefix ("" for the lab's default) to build it in a sandbox;
     `host_netns` an existing namespace to play the host.
     """
-    from netlab.plan import make_plan
+    from netlab.render.plan import make_plan
 
     return Lab(make_plan(target, sandbox, host_netns, params), state_dir, reporter).up()
 
 
 def down(name: str, state_dir=None, reporter=None):
     """Take down the lab called NAME on this host; returns the runner's Outcome."""
-    from netlab.runner import down as run_down
+    from netlab.run.runner import down as run_down
 
     return run_down(name, state_dir, reporter)

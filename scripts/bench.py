@@ -3,7 +3,7 @@
 
 For each size N (default 10, 50, 200) it writes a topology of N namespaces on
 one bridge, with ip_forward, MASQUERADE, FORWARD rules and one DNAT per
-namespace (netlab.star, the generator the tests use too), and builds it
+namespace (netlab.model.star, the generator the tests use too), and builds it
 in a sandbox, so nothing outside namespaces named PREFIX-* changes:
 
 - `netlab up FILE --sandbox nlbNn` and `netlab down nlbNn` (the batched
@@ -62,7 +62,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYTHON = ROOT / ".venv" / "bin" / "python"
 sys.path.insert(0, str(ROOT))
-from netlab.star import star_lab  # noqa: E402 - the standard library only (netlab's own imports are lazy)
+from netlab.model.star import star_lab  # noqa: E402 - the standard library only (netlab's own imports are lazy)
 
 
 class Failed(Exception):

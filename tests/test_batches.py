@@ -1,4 +1,4 @@
-"""The fast runner's batches (netlab.batches), as pure data: no root, nothing runs.
+"""The fast runner's batches (netlab.run.batches), as pure data: no root, nothing runs.
 
 Every step of every built-in lab is carried exactly once, each batch keeps the
 plan's order, and nothing runs before what it depends on: its namespace's
@@ -16,8 +16,8 @@ import sys
 import pytest
 
 import netlab
-from netlab.batches import IPTABLES, SINGLE, created_netns, netns_mentions, schedule, teardown
-from netlab.source import catalog
+from netlab.model.source import catalog
+from netlab.run.batches import IPTABLES, SINGLE, created_netns, netns_mentions, schedule, teardown
 
 LABS = [lab.name for lab in catalog()]
 WAYS = {"sandbox": {"sandbox": "nlx"}, "host": {}, "host-netns": {"sandbox": "nlx", "host_netns": "nlx-h"}}

@@ -33,7 +33,7 @@ def test_labs_lists_the_seven_in_series_order(capsys):
 
 
 def test_show_prints_the_topology_file(capsys):
-    from netlab.source import builtin_path
+    from netlab.model.source import builtin_path
 
     code, out, _ = run(capsys, "show", "egress-ingress")
     assert code == 0 and out == builtin_path("egress-ingress").read_text()

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import netlab
-from netlab.plan import Plan, Probe, Step
+from netlab.render.plan import Plan, Probe, Step
 from test_golden import LABS
 
 needs_shellcheck = pytest.mark.skipif(

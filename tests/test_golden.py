@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import netlab
-from netlab.sandbox import default_prefix
-from netlab.source import catalog
+from netlab.model.sandbox import default_prefix
+from netlab.model.source import catalog
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"

@@ -10,15 +10,15 @@ import sys
 import pytest
 
 import netlab
-from netlab import journal
 from netlab.errors import InputError
+from netlab.run import journal, store
 
 
 def _journal(directory, name="box1", lab="egress-ingress"):
     plan = netlab.make_plan(lab, sandbox=name)
     header = {"name": plan.name, "lab": plan.lab, "digest": plan.digest,
               "steps": [step.to_dict() for step in plan.steps]}
-    return journal.Journal.create(journal.journal_path(directory, name), header)
+    return journal.Journal.create(store.journal_path(directory, name), header)
 
 
 def test_records_are_read_back_and_a_torn_last_line_is_dropped(tmp_path):
@@ -59,51 +59,51 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
     path.write_text("plan 1234\n")
     with pytest.raises(netlab.NetlabError, match="is not a netlab journal"):
         journal.Journal.read(path)
-    assert journal.all_journals(tmp_path) == []
+    assert store.all_journals(tmp_path) == []
 
 
 def test_find_takes_the_name_on_the_host_or_the_one_lab_of_that_name(tmp_path):
     _journal(tmp_path, "box1").close()
-    store = journal.LocalStore(tmp_path)
-    assert store.find("box1").path.name == "box1.journal"
-    assert store.find("egress-ingress").path.name == "box1.journal"
-    assert store.find("egress-ingress", exact=True) is None
-    assert store.find("bridge-3ns") is None
+    local = store.LocalStore(tmp_path)
+    assert local.find("box1").path.name == "box1.journal"
+    assert local.find("egress-ingress").path.name == "box1.journal"
+    assert local.find("egress-ingress", exact=True) is None
+    assert local.find("bridge-3ns") is None
     _journal(tmp_path, "box2").close()
     with pytest.raises(InputError, match=r"2 labs of egress-ingress are up \(box1, box2\); name one of them"):
-        store.find("egress-ingress")
+        local.find("egress-ingress")
 
 
 def test_the_state_dir_is_made_0700_and_a_symlink_is_refused(tmp_path):
-    made = journal.state_dir(tmp_path / "a" / "state")
+    made = store.state_dir(tmp_path / "a" / "state")
     assert oct(made.stat().st_mode & 0o777) == "0o700"
     (tmp_path / "link").symlink_to(made)
     with pytest.raises(InputError, match="is a symlink; refusing to keep journals there"):
-        journal.state_dir(tmp_path / "link")
+        store.state_dir(tmp_path / "link")
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="is not a directory"):
-        journal.state_dir(tmp_path / "file")
+        store.state_dir(tmp_path / "file")
 
 
 def test_a_second_lock_holder_fails_at_once_and_the_lock_file_goes(tmp_path):
-    with journal.Lock(tmp_path, "box1"):
+    with store.Lock(tmp_path, "box1"):
         assert (tmp_path / "box1.lock").read_text().strip() == str(os.getpid())
-        holder = journal.Lock(tmp_path, "box1")
+        holder = store.Lock(tmp_path, "box1")
         assert holder.held_elsewhere()
         other = subprocess.run(
-            [sys.executable, "-c", "import sys; from pathlib import Path; from netlab.journal import Lock\n"
+            [sys.executable, "-c", "import sys; from pathlib import Path; from netlab.run.store import Lock\n"
              "try:\n    Lock(Path(sys.argv[1]), 'box1').acquire()\nexcept Exception as e:\n    print(e)",
              str(tmp_path)], capture_output=True, text=True, timeout=30)
         assert other.stdout.strip() == (f"box1 is busy: another netlab up or down of it is running "
                                         f"(pid {os.getpid()}); wait for it, or check `netlab status`")
-        with journal.Lock(tmp_path, "box2"):  # another lab is not held up
+        with store.Lock(tmp_path, "box2"):  # another lab is not held up
             pass
     assert not (tmp_path / "box1.lock").exists()
-    assert not journal.Lock(tmp_path, "box1").held_elsewhere()
+    assert not store.Lock(tmp_path, "box1").held_elsewhere()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "box1.lock").write_text(gone.stdout)  # left by a process killed with SIGKILL
-    assert not journal.Lock(tmp_path, "box1").held_elsewhere()
-    with journal.Lock(tmp_path, "box1"):  # a stale lock file is taken over
+    assert not store.Lock(tmp_path, "box1").held_elsewhere()
+    with store.Lock(tmp_path, "box1"):  # a stale lock file is taken over
         assert (tmp_path / "box1.lock").read_text().strip() == str(os.getpid())
 
 

@@ -46,15 +46,16 @@ def test_wheel_ships_templates_and_labs(installed):
     wheel, _, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
     templates = sorted(p.name for p in (ROOT / "templates").glob("*.j2"))
-    labs = sorted(p.name for p in (ROOT / "netlab" / "labs").glob("*.yaml"))
+    labs = sorted(p.name for p in (ROOT / "netlab" / "model" / "labs").glob("*.yaml"))
     assert sorted(n.split("/")[-1] for n in names if n.startswith("netlab/templates/")) == templates
-    assert sorted(n.split("/")[-1] for n in names if n.startswith("netlab/labs/")) == labs
-    assert "netlab/__main__.py" in names
+    assert sorted(n.split("/")[-1] for n in names if n.startswith("netlab/model/labs/")) == labs
+    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "netlab").rglob("*.py"))
+    assert sorted(n for n in names if n.endswith(".py")) == modules  # every stage's package is listed in setup.cfg
 
 
 def test_installed_package_finds_its_templates(installed):
     _, target, work = installed
-    where = run_installed(target, work, "-c", "import netlab.templating as t; print(t.templates_dir())")
+    where = run_installed(target, work, "-c", "import netlab.render.templating as t; print(t.templates_dir())")
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()) == target / "netlab" / "templates"
     plan = run_installed(target, work, "-m", "netlab", "plan", "egress-ingress", "--sandbox")

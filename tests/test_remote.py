@@ -22,8 +22,8 @@ import pytest
 
 from kernel import settled, snapshot
 from netlab.errors import InputError
-from netlab.ssh import Remote, parse_remote, parse_ssh_config
-from netlab.star import star_lab
+from netlab.remote.ssh import Remote, parse_remote, parse_ssh_config
+from netlab.model.star import star_lab
 from test_runner import BAD_ROUTE, Netlab
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,8 +25,8 @@ import pytest
 
 import netlab
 from conftest import namespaces, sh
-from netlab.source import catalog
-from netlab.star import star_lab
+from netlab.model.source import catalog
+from netlab.model.star import star_lab
 from kernel import changes, iptables_rules, netns_snapshot, settled, snapshot
 
 pytestmark = pytest.mark.root
@@ -174,7 +174,7 @@ def _fault_target(step):
 
 def _fault_line(plan, step):
     """The line of the batch that carries STEP, when the batched runner runs it in one."""
-    from netlab.batches import schedule
+    from netlab.run.batches import schedule
 
     for batch in schedule(plan.steps).batches:
         for unit in batch.units:

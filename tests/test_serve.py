@@ -23,8 +23,8 @@ import netlab
 from conftest import namespaces, serve_processes, sh
 from netlab.cli import main
 from netlab.errors import InputError
-from netlab.serve import is_netlab_serve, listening_inodes
-from netlab.topology import Service, parse_topology
+from netlab.programs.serve import is_netlab_serve, listening_inodes
+from netlab.model.topology import Service, parse_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = "Hello, World! :)"
@@ -45,7 +45,7 @@ def topology(*steps, source="t.yaml"):
 # ------------------------------------------------------------ the kind
 def test_a_service_step_parses_into_a_frozen_item():
     step = topology({"service": "hello", "netns": "ns0", "address": "192.168.0.2", "port": 3000}).steps[-1]
-    assert step == Service("ns0", None, "hello", netlab.topology.ipv4_address("192.168.0.2"), 3000)
+    assert step == Service("ns0", None, "hello", netlab.model.topology.ipv4_address("192.168.0.2"), 3000)
     assert isinstance(step.port, int) and str(step.address) == "192.168.0.2"
     host = topology({"service": "web", "address": "192.168.0.1", "port": "8080", "why": "A server on the host."})
     assert host.steps[-1].netns is None and host.steps[-1].port == 8080

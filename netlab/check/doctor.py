@@ -25,10 +25,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from netlab.execute import Executor
-from netlab.plan import LabCheck, Step, in_netns, shell_join
-from netlab.status import MISSING, NOT_APPLIED, namespaces, read_lab, step_states
-from netlab.verify import CheckResult, passed, run_checks, table
+from netlab.check.status import MISSING, NOT_APPLIED, namespaces, read_lab, step_states
+from netlab.check.verify import CheckResult, passed, run_checks, table
+from netlab.render.plan import LabCheck, Step, in_netns, shell_join
+from netlab.run.execute import Executor
 
 IP_FORWARD = "net.ipv4.ip_forward"
 BRIDGE_NF = "net.bridge.bridge-nf-call-iptables"
@@ -72,7 +72,7 @@ class Report:
 
 def diagnose(name: str, state_dir=None, executor: Optional[Executor] = None) -> Report:
     """Run the checks of the lab called NAME and find the root causes of what is wrong."""
-    from netlab.verify import lab_checks
+    from netlab.check.verify import lab_checks
 
     executor = executor or Executor()
     record, _ = read_lab(name, state_dir, action="doctor")

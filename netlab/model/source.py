@@ -78,8 +78,8 @@ def load(target: str, params: Optional[Mapping[str, str]] = None, sandbox: bool 
     With sandbox=True the parameters a sandbox decides (the public address,
     the uplink, the internet host) take the sandbox's values.
     """
-    from netlab.sandbox import SANDBOX_PARAMS
-    from netlab.topology import parse_topology
+    from netlab.model.sandbox import SANDBOX_PARAMS
+    from netlab.model.topology import parse_topology
 
     path = resolve(target)
     label = target if builtin_path(target) else str(path)

@@ -36,9 +36,9 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from netlab.plan import Step, in_netns
+from netlab.render.plan import Step, in_netns
 
 NETNS, IP, IPTABLES, SINGLE = "netns", "ip", "iptables", "single"
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_.:/=,+@%!-]+")  # needs no quoting in an `ip -batch` or restore line
@@ -452,3 +452,64 @@ def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[
     plan.rules = [Batch(IPTABLES, netns, tuple(units)) for netns, units in rules.items()]
     plan.leftovers = sorted(doomed, key=lambda link: (link[0] or "", link[1]))
     return plan
+
+
+@dataclass
+class Explanation:
+    """What `netlab plan --show-batches` shows: how `up` runs a plan on a clean host, and how `down` undoes it."""
+
+    steps: Dict[int, Step]
+    up: Schedule
+    down: Teardown
+
+    @property
+    def heading(self) -> str:
+        return (f"{len(self.steps)} steps in {len(self.up.batches)} processes, {len(self.up.rounds)} rounds "
+                f"(the batches of a round run side by side)")
+
+    def to_dict(self) -> dict:
+        undo = self.down
+        return {**self.up.to_dict(), "down": {
+            "alone": undo.alone, "rules": [batch.to_dict() for batch in undo.rules],
+            "delete": undo.delete, "covered": undo.covered, "leftovers": [list(link) for link in undo.leftovers]}}
+
+    def lines(self) -> Iterator[str]:
+        for number, round_ in enumerate(self.up.rounds, 1):
+            yield f"round {number}:"
+            for batch in round_:
+                numbers = ", ".join(str(step.index) for step in batch.steps)
+                yield f"  {batch.command}    # step{'s' if len(batch.steps) > 1 else ''} {numbers}"
+                for line, unit in batch.input_lines():
+                    note = "" if unit is None else "    # " + ", ".join(str(step.index) for step in unit.steps)
+                    yield f"    {line}{note}"
+        undo = self.down
+        yield "down:"
+        for index in undo.alone:
+            yield f"  {self.steps[index].undo_command}    # step {index}"
+        for batch in undo.rules:
+            yield f"  {batch.command}    # steps {', '.join(str(step.index) for step in batch.steps)}"
+            for line, _ in batch.input_lines():
+                yield f"    {line}"
+        if undo.delete:
+            undone = undo.covered + undo.delete
+            yield f"  ip -force -batch -    # undoes step{'s' if len(undone) > 1 else ''} {_ranges(undone)}"
+            for line in undo.delete_input(self.steps).splitlines():
+                yield f"    {line}"
+
+
+def explain(steps: Sequence[Step]) -> Explanation:
+    """The batches `up` runs for STEPS on a clean host, and the teardown `down` runs after."""
+    by_index = {step.index: step for step in steps}
+    return Explanation(by_index, schedule(steps), teardown(by_index, [step.index for step in reversed(steps)]))
+
+
+def _ranges(numbers) -> str:
+    """1, 2, 3, 5 as 1-3, 5."""
+    numbers = sorted(numbers)
+    parts, start = [], None
+    for i, number in enumerate(numbers):
+        start = number if start is None else start
+        if i + 1 == len(numbers) or numbers[i + 1] != number + 1:
+            parts.append(str(start) if start == number else f"{start}-{number}")
+            start = None
+    return ", ".join(parts)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from netlab import journal as journals
 from netlab.errors import InputError
-from netlab.execute import Executor
-from netlab.sandbox import Sandbox
+from netlab.model.sandbox import Sandbox
+from netlab.run import journal as journals
+from netlab.run.execute import Executor
 
 # A step's state on the live host.
 IN_EFFECT = "in effect"  # the lab did it and it holds

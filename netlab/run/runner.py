@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from netlab import journal as journals
 from netlab.errors import ConnectionLost, InputError, NetlabError
-from netlab.execute import TIMED_OUT, Executor, Result
-from netlab.plan import Plan, Step
+from netlab.render.plan import Plan, Step
+from netlab.run import journal as journals
+from netlab.run.execute import TIMED_OUT, Executor, Result
 
 
 class StepFailed(NetlabError):
@@ -138,7 +138,7 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
        executor: Optional[Executor] = None, step_by_step: bool = False) -> Outcome:
     """Apply PLAN: every step in place, or (after a failure or a signal) none of them.
 
-    The steps run in batches (netlab.batches), unless STEP_BY_STEP: one process each,
+    The steps run in batches (netlab.run.batches), unless STEP_BY_STEP: one process each,
     as the documents run them."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
@@ -275,7 +275,7 @@ def _apply_batched(plan: Plan, record: journals.Journal, executor: Executor, rep
     effect there before the lab. A batch's steps are recorded as started before it
     runs and done after; a failed batch is gone through step by step (`_recover`).
     """
-    from netlab.batches import SINGLE, created_netns, lane_of, schedule
+    from netlab.run.batches import SINGLE, created_netns, lane_of, schedule
 
     total = len(plan.steps)
     settled = record.done | record.found
@@ -427,12 +427,12 @@ LINK_GONE_TIMEOUT = 30  # seconds the kernel may take to finish deleting a names
 
 
 def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None):
-    """Undo the journal's started steps with few processes (netlab.batches.teardown): lab
+    """Undo the journal's started steps with few processes (netlab.run.batches.teardown): lab
     services and the like one by one, the host side's rules in one iptables-restore per
     namespace, then the lab's namespaces deleted in one `ip -batch`, which takes
     everything inside them along. Whatever a batch could not undo is undone step by step.
     Returns (undone, already gone, failures), as `_undo_all`."""
-    from netlab.batches import created_netns, teardown
+    from netlab.run.batches import created_netns, teardown
 
     steps = {step.index: step for step in record.steps()}
     total = len(steps)

@@ -8,10 +8,13 @@ quoted here, once, with shell_join. The script keeps its own journal so that
 
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 from typing import List, Optional
 
-from netlab.plan import SAVED, Plan, Step, in_netns, shell_join
+from netlab.errors import InputError
+from netlab.render.plan import SAVED, Plan, Step, in_netns, shell_join
 
 
 def _undo_text(step: Step) -> Optional[str]:
@@ -55,7 +58,7 @@ def tools_used(plan: Plan) -> List[str]:
 
 def export_script(plan: Plan) -> str:
     from netlab import __version__
-    from netlab.templating import environment
+    from netlab.render.templating import environment
 
     steps = [
         {
@@ -77,3 +80,19 @@ def export_script(plan: Plan) -> str:
         params=", ".join(f"{key}={value}" for key, value in plan.params) or "none",
         q=shlex.quote,
     )
+
+
+def write_script(path: Path, text: str) -> None:
+    """Write the script at PATH, mode 0755, all or nothing: a temporary file beside PATH, renamed over it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, path)
+    except OSError as error:
+        try:
+            temporary.unlink()
+        except OSError:
+            pass
+        raise InputError(f"cannot write: {error.strerror or error}", str(path), "--output") from None

@@ -1,6 +1,6 @@
 """The journals and locks of a remote host's labs, kept on that host with shell commands.
 
-The same files as netlab.journal keeps locally, in the remote host's state
+The same files as netlab.run.journal keeps locally, in the remote host's state
 directory (its `$NETLAB_STATE_DIR`, default /run/netlab, mode 0700), so a
 `down` or `status` from any machine finds them. Everything is a POSIX shell
 command run through the executor (plus readlink): no Python is needed there.
@@ -26,7 +26,8 @@ from pathlib import PurePosixPath
 from typing import List, Optional
 
 from netlab.errors import ConnectionLost, InputError, NetlabError
-from netlab.journal import SUFFIX, Journal, LabBusy, Store, header_text, stamped
+from netlab.run.journal import SUFFIX, Journal, header_text, stamped
+from netlab.run.store import LabBusy, Store
 
 _STATE_DIR = r'''
 d=${1:-${NETLAB_STATE_DIR:-/run/netlab}}
@@ -78,7 +79,7 @@ done
 
 
 class RemoteStore(Store):
-    """The journals and locks on the host of EXECUTOR (a netlab.ssh.RemoteExecutor)."""
+    """The journals and locks on the host of EXECUTOR (a netlab.remote.ssh.RemoteExecutor)."""
 
     def __init__(self, executor, directory: Optional[str] = None, create: bool = True):
         self.executor = executor

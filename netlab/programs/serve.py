@@ -234,7 +234,7 @@ def stop_report(address: str, port: int) -> Tuple[List[str], List[str]]:
 
 
 def main(argv) -> int:
-    """`netlab serve --background|--stop ADDRESS PORT`, as a remote host runs it: netlab.ssh
+    """`netlab serve --background|--stop ADDRESS PORT`, as a remote host runs it: netlab.remote.ssh
     ships this file to the remote python3, which has no netlab installed. Prints what
     `netlab serve` prints, and exits 1 with one line on failure."""
     mode, address, port = argv[-3], argv[-2], int(argv[-1])

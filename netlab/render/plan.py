@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from netlab.sandbox import Sandbox
-from netlab.topology import Address, Item, Link, Netns, Route, Topology, Veth
+from netlab.model.sandbox import Sandbox
+from netlab.model.topology import Address, Item, Link, Netns, Route, Topology, Veth
 
 SAVED = "{saved}"  # in an undo argv: the value the step's `save` command printed before it ran
 
@@ -216,7 +216,7 @@ def make_plan(target: str, sandbox: Optional[str] = None, host_netns: Optional[s
     `sandbox` is a prefix ("" for the lab's default) or None for no sandbox;
     `host_netns` an existing namespace that plays the host.
     """
-    from netlab.source import load
+    from netlab.model.source import load
 
     topology = load(target, params, sandbox=sandbox is not None)
     box = None if sandbox is None else Sandbox.create(sandbox, topology.name, topology.namespaces)
@@ -227,8 +227,8 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
     """Render the topology into an ordered Plan: inside `sandbox` if given, with
     the host side in the existing namespace `host_netns` if given."""
     from netlab.errors import InputError
-    from netlab.templating import environment
-    from netlab.topology import netns_name
+    from netlab.model.topology import netns_name
+    from netlab.render.templating import environment
 
     if host_netns is not None:
         try:

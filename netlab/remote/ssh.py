@@ -16,7 +16,7 @@ seconds and gives up after 3 missed answers, so a dead link is noticed in
 about 15 seconds. No password prompt: keys or an agent (BatchMode).
 
 The remote host needs only iproute2, iptables and a POSIX shell: the journal
-and the lock live there (netlab.remote_state) and are written with shell
+and the lock live there (netlab.remote.state) and are written with shell
 commands. A lab service and the tcp and http checks are Python's, shipped as
 source on stdin to the remote `python3`; only labs with those need it.
 """
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from netlab.errors import ConnectionFailed, ConnectionLost, InputError, NetlabError
-from netlab.execute import Executor, Result
+from netlab.run.execute import Executor, Result
 
 CONNECT_TIMEOUT = 15  # seconds to connect and log in
 ALIVE_INTERVAL, ALIVE_COUNT = 5, 3  # a dead link is given up after about 15 s
@@ -340,7 +340,7 @@ class RemoteExecutor(Executor):
         """Checked when connecting: root, or passwordless sudo."""
 
     def state_store(self, directory=None, create: bool = True):
-        from netlab.remote_state import RemoteStore
+        from netlab.remote.state import RemoteStore
 
         return RemoteStore(self, directory, create)
 
@@ -353,8 +353,7 @@ class RemoteExecutor(Executor):
         exits 255 when a channel or the connection fails, as `ip netns exec` does for a
         missing namespace, and only the mark tells them apart."""
         if argv and argv[0] == "netlab":  # a lab service: the server's source to the remote python3
-            from netlab import serve
-
+            from netlab.programs import serve
             argv, input = ("python3", "-", *argv), shipped_source(serve)
         inner = super().command_line(argv, netns, input)[0]
         return (*self._sudo, "sh", "-c", _REPORT_EXIT, "sh", *inner), input
@@ -383,14 +382,14 @@ class RemoteExecutor(Executor):
     def interactive_argv(self, argv: Sequence[str], netns: Optional[str], tty: bool) -> List[str]:
         """The ssh command line that runs ARGV in NETNS on the remote host with the user's
         terminal (`netlab exec`), over a connection of its own: its exit code is ARGV's."""
-        from netlab.plan import in_netns
+        from netlab.render.plan import in_netns
 
         remote_command = shlex.join((*self._sudo, *in_netns(netns, argv)))
         return ["ssh", *(["-t"] if tty else []), *self.remote.ssh_arguments(*_DEFAULTS), remote_command]
 
     def holder(self) -> str:
         """The pid of a remote shell that lives as long as this run holds its connection: a
-        remote lock names it, and is stale once that process is gone (netlab.remote_state).
+        remote lock names it, and is stale once that process is gone (netlab.remote.state).
         It ends when its stdin closes (netlab or the master died), and, after a link went
         silent, when no heartbeat came for HOLDER_TIMEOUT seconds (sshd may not notice a
         dead connection for hours)."""

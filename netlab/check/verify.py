@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from netlab.execute import Executor
-from netlab.plan import LabCheck
-from netlab.reach import TIMEOUT, reach
+from netlab.programs.reach import TIMEOUT, reach
+from netlab.render.plan import LabCheck
+from netlab.run.execute import Executor
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
@@ -98,7 +98,7 @@ def _ping(check: LabCheck, executor: Executor):
 
 
 def _connect(check: LabCheck, executor: Executor):
-    """A tcp connection, or an HTTP GET, from inside the check's namespace (netlab.reach):
+    """A tcp connection, or an HTTP GET, from inside the check's namespace (netlab.programs.reach):
     here, from a thread that enters the namespace and stays there (run_checks gives each
     check a thread of its own, which ends with it); on a remote host, by its python3."""
     if executor.remote is not None:
@@ -113,8 +113,8 @@ def _connect(check: LabCheck, executor: Executor):
 def _connect_remotely(check: LabCheck, executor: Executor):
     import json
 
-    from netlab import reach as module
-    from netlab.ssh import shipped_source
+    from netlab.programs import reach as module
+    from netlab.remote.ssh import shipped_source
 
     argv = ("python3", "-", check.kind, check.address, str(check.port), check.path or "/")
     result = executor.run(argv, check.netns, shipped_source(module))

@@ -11,7 +11,7 @@ import functools
 import ipaddress
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # netlab/
 
 
 def templates_dir() -> Path:

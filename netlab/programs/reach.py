@@ -1,9 +1,9 @@
 """The client side of the tcp and http checks: connect, or GET, and say what happened.
 
-Standard library only, so the same code runs on a remote host: netlab.ssh
+Standard library only, so the same code runs on a remote host: netlab.remote.ssh
 ships this file to the remote `python3` (`python3 - KIND ADDRESS PORT PATH`,
 the source on stdin), whose main() prints the outcome as one JSON line.
-Locally, netlab.verify calls reach() from a thread inside the check's
+Locally, netlab.check.verify calls reach() from a thread inside the check's
 namespace.
 """
 

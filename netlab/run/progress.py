@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 
-from netlab.runner import Reporter
+from netlab.run.runner import Reporter
 
 
 class TerminalReporter(Reporter):

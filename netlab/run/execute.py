@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from netlab.errors import CommandError, InputError, NetlabError
-from netlab.plan import SAVED, Probe, Step, in_netns
+from netlab.render.plan import SAVED, Probe, Step, in_netns
 
 COMMAND_TIMEOUT = 120  # seconds; no step of a lab comes near it
 TIMED_OUT = 124  # the code of a command that did not answer in time: its effect is unknown
@@ -53,7 +53,7 @@ def _own_program(argv: Sequence[str]) -> Tuple[str, ...]:
 class Executor:
     """Runs argv lists on a plumbum machine (the local one unless told otherwise).
 
-    netlab.ssh has the executor of a remote host; the runner, `status` and the
+    netlab.remote.ssh has the executor of a remote host; the runner, `status` and the
     checks see the same interface and never ask where they run."""
 
     workers = 8  # commands that may run side by side (a round's batches, probes)
@@ -69,8 +69,8 @@ class Executor:
         require_root(action)
 
     def state_store(self, directory=None, create: bool = True):
-        """Where the journals and locks of this host's labs live (netlab.journal)."""
-        from netlab.journal import LocalStore
+        """Where the journals and locks of this host's labs live (netlab.run.store)."""
+        from netlab.run.store import LocalStore
 
         return LocalStore(directory, create)
 

@@ -1,0 +1,190 @@
+"""Where a host's labs are kept: the state directory, its journals and the locks that guard them.
+
+The state directory is `$NETLAB_STATE_DIR` (default /run/netlab; mode 0700,
+never a symlink, owned by the running user). It holds NAME.journal (the
+format is netlab.run.journal's) and NAME.lock, mode 0600. A Store is what the
+runner and `status` use: LocalStore here, netlab.remote.state.RemoteStore on
+a host reached over SSH.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+from pathlib import Path
+from typing import List, Optional
+
+from netlab.errors import InputError, NetlabError
+from netlab.run.journal import SUFFIX, Journal
+
+DEFAULT_STATE_DIR = "/run/netlab"
+
+
+class LabBusy(NetlabError):
+    """Another netlab process holds the lab's lock."""
+
+
+def state_dir(path: Optional[os.PathLike] = None, create: bool = True) -> Path:
+    """The state directory: made 0700 if missing; a symlink or another user's directory is refused."""
+    directory = Path(path or os.environ.get("NETLAB_STATE_DIR") or DEFAULT_STATE_DIR)
+    where = "NETLAB_STATE_DIR" if path is None and os.environ.get("NETLAB_STATE_DIR") else "state directory"
+    if create and not os.path.lexists(directory):
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise InputError(f"cannot create {directory}: {error.strerror or error}", None, where) from None
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return directory
+    if stat.S_ISLNK(info.st_mode):
+        raise InputError(f"{directory} is a symlink; refusing to keep journals there", None, where)
+    if not stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{directory} is not a directory", None, where)
+    if info.st_uid != os.geteuid():
+        raise InputError(f"{directory} belongs to another user (uid {info.st_uid})", None, where)
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(directory, 0o700)
+    return directory
+
+
+class Lock:
+    """An exclusive, non-blocking lock on NAME.lock: a second holder fails at once.
+
+    The lock file is removed on release. A process that opened it before the
+    removal could lock the removed file, so after locking, the path must still
+    name the locked file, or the lock is taken again.
+    """
+
+    def __init__(self, directory: Path, name: str):
+        self.path = directory / f"{name}.lock"
+        self.name = name
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "Lock":
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                by = f" (pid {holder})" if holder else ""
+                raise LabBusy(f"{self.name} is busy: another netlab up or down of it is running{by}; "
+                              f"wait for it, or check `netlab status`") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._fd = fd
+                return self
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether a live process holds the lock (for `status`). Reads the pid the holder
+        wrote, and takes no lock, so it can never make an `up` fail as busy. A lock file
+        left by a killed process names a dead pid."""
+        try:
+            with open(self.path, encoding="ascii", errors="replace") as handle:
+                pid = int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        if pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # alive, and another user's
+        return True
+
+    def __enter__(self) -> "Lock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def journal_path(directory: Path, name: str) -> Path:
+    return directory / f"{name}{SUFFIX}"
+
+
+def all_journals(directory: Path) -> List[Journal]:
+    """Every journal in DIRECTORY, by name; unreadable ones are skipped."""
+    journals = []
+    if not directory.is_dir():
+        return journals
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            journals.append(Journal.read(path))
+        except NetlabError:
+            continue
+    return journals
+
+
+class Store:
+    """Where the journals and locks of a host's labs live: LocalStore here,
+    netlab.remote.state.RemoteStore on a host reached over SSH. The runner and `status`
+    use a store and never touch its files themselves."""
+
+    where = ""  # said after a lab's name in messages; " on HOST" for a remote store
+
+    def read(self, name: str) -> Optional[Journal]:
+        """The journal of the lab called NAME; None when there is none."""
+        raise NotImplementedError
+
+    def all(self) -> List[Journal]:
+        """Every readable journal, by name."""
+        raise NotImplementedError
+
+    def find(self, name: str, exact: bool = False) -> Optional[Journal]:
+        """The journal of the lab called NAME, or (unless EXACT) of the one lab whose own name is NAME."""
+        record = self.read(name)
+        if record is not None or exact:
+            return record
+        matches = [journal for journal in self.all() if journal.lab == name]
+        if len(matches) > 1:
+            names = ", ".join(journal.name for journal in matches)
+            raise InputError(f"{len(matches)} labs of {name} are up{self.where} ({names}); name one of them")
+        return matches[0] if matches else None
+
+
+class LocalStore(Store):
+    """The journals and locks of the labs on this host, in its state directory."""
+
+    def __init__(self, directory: Optional[os.PathLike] = None, create: bool = True):
+        self.directory = state_dir(directory, create)
+
+    def lock(self, name: str) -> Lock:
+        return Lock(self.directory, name)
+
+    def held_elsewhere(self, name: str) -> bool:
+        return Lock(self.directory, name).held_elsewhere()
+
+    def read(self, name: str) -> Optional[Journal]:
+        path = journal_path(self.directory, name)
+        return Journal.read(path) if path.exists() else None
+
+    def create(self, name: str, header: dict, steps) -> Journal:
+        return Journal.create(journal_path(self.directory, name), header, steps)
+
+    def all(self) -> List[Journal]:
+        return all_journals(self.directory)
