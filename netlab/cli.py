@@ -205,6 +205,10 @@ def up_command(
         "Then run the lab's checks (see `netlab verify`); if one fails, take the lab down again "
         "and exit 1.")),
     step_by_step: bool = _STEP_BY_STEP_OPTION,
+    to: Optional[int] = typer.Option(None, "--to", metavar="N", help=(
+        "Stop after step N (see `netlab plan`), as the exported script's `up --to N` does: to see a "
+        "check fail before the step that fixes it, as the documents do. A later `up` goes on from "
+        "there with the same journal; `status` shows the lab as `partial (to N)`.")),
     remote: Optional[str] = _REMOTE_OPTION,
     ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
@@ -221,6 +225,8 @@ def up_command(
 
     Example: sudo netlab up egress-ingress --sandbox --verify
 
+    Example: sudo netlab up egress-ingress --sandbox --to 25   (then: netlab verify nl-ei; netlab up ...)
+
     Example: netlab up egress-ingress --sandbox --remote root@lab1.example.net --verify
     """
     from netlab.run.progress import TerminalReporter
@@ -229,7 +235,7 @@ def up_command(
     plan = _make_plan(target, sandbox, assignments, host_netns)
     with _host(remote, ssh_opts) as executor:
         with TerminalReporter() as reporter:
-            outcome = up(plan, reporter=reporter, executor=executor, step_by_step=step_by_step)
+            outcome = up(plan, reporter=reporter, executor=executor, step_by_step=step_by_step, to=to)
         typer.echo(outcome.summary)
         if not verify:
             return
@@ -237,6 +243,9 @@ def up_command(
 
         if _report_checks(plan.name, run_checks(plan.checks, executor), as_json=False):
             return
+        if to is not None and to < len(plan.steps):  # a check may fail before its step: the documents' way
+            raise NetlabError(f"a check failed with steps 1-{to} of {len(plan.steps)} applied; {plan.name} is "
+                              f"left as it is (see: netlab doctor {plan.name}; go on: netlab up without --to)")
         if not (outcome.changed or outcome.found):
             raise NetlabError(f"a check failed; {plan.name} was up before this run and is left as it is "
                               f"(see: netlab doctor {plan.name})")
@@ -302,10 +311,10 @@ def _status(name: Optional[str], as_json: bool, executor) -> None:
         elif not labs:
             typer.echo("no labs are up")
         else:
-            width = max(len(lab.name) for lab in labs)
-            typer.echo(f"{'NAME':<{width}}  {'STATE':<7}  {'STEPS':>7}  LAB")
-            for lab in labs:
-                typer.echo(f"{lab.name:<{width}}  {lab.state:<7}  {lab.applied:>3}/{lab.steps:<3}  {lab.lab}")
+            rows = [(lab.name, lab.state, f"{lab.applied}/{lab.steps}", lab.lab) for lab in labs]
+            widths = [max(len(row[column]) for row in rows + [("NAME", "STATE", "STEPS", "LAB")]) for column in range(3)]
+            for row in [("NAME", "STATE", "STEPS", "LAB")] + rows:
+                typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
         return
     summary, steps = status.lab_steps(name, executor=executor)
     if as_json:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -30,8 +31,9 @@ def namespaces() -> list:
 
 
 def serve_processes(address: str) -> list:
-    """The pids of the processes, in any namespace, whose command line has the words `serve`
-    and ADDRESS: a `netlab serve` left running (read from /proc, independently of netlab)."""
+    """The pids of the processes, in any namespace, whose command line has the word `serve` (or
+    `--background`: an exported script's `python3 - --background ADDRESS PORT`) and ADDRESS: a
+    lab's server left running (read from /proc, independently of netlab)."""
     pids = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -39,9 +41,47 @@ def serve_processes(address: str) -> list:
                 argv = handle.read().decode(errors="replace").split("\0")
         except OSError:  # not a process, or gone
             continue
-        if "serve" in argv and address in argv and int(entry) != os.getpid():
+        if ("serve" in argv or "--background" in argv) and address in argv and int(entry) != os.getpid():
             pids.append(int(entry))
     return pids
+
+
+def _process_state(pid: int):
+    """The state letter of /proc/PID/stat (R, S, D, T, Z, ...); None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()[0]  # after the command name, which may hold spaces and ')'
+
+
+def wait_stopped(process, timeout: float = 300.0) -> None:
+    """Wait until PROCESS (a pid, or a subprocess.Popen) is stopped: state T in /proc/PID/stat,
+    as a netlab run with NETLAB_TEST_PAUSE stops itself at its pause point. A state the process
+    certainly reaches, so waiting for it is deterministic; TIMEOUT only turns a hang into a
+    failure. Fails, with the process's stderr when it is a Popen with a pipe, if it exited
+    (or is a zombie) instead of stopping: its pause record never came."""
+    pid = process if isinstance(process, int) else process.pid
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        code = None if isinstance(process, int) else process.poll()  # waitpid(WNOHANG): a stopped child is not reaped
+        state = _process_state(pid) if code is None else None
+        if state == "T":
+            return
+        if code is not None or state in (None, "Z", "X"):
+            stderr = ""
+            if not isinstance(process, int) and process.stderr is not None and code is not None:
+                stderr = process.stderr.read()
+            why = f"exited with {code}" if code is not None else ("is a zombie" if state else "is gone")
+            said = f"; its stderr:\n{stderr[-3000:]}" if stderr else ""
+            pytest.fail(f"process {pid} {why} instead of stopping at its pause point (was the record it "
+                        f"waits for ever written?){said}", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"process {pid} did not stop within {timeout:.0f} s (state {state})", pytrace=False)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _netns_capable() -> str:

@@ -1,15 +1,20 @@
-"""End to end, as root, on the real kernel: exported scripts run with bash in sandboxes.
+"""End to end, as root, on the real kernel: exported scripts run with bash, without netlab.
 
 Real ip, iptables and ping, a real HTTP server in a lab namespace (the lab's
-own service, `netlab serve`) and a real client on the other side. Nothing here
-touches the root namespace: every lab is built in a sandbox whose namespaces
-start with the test run's prefix.
+own service, which the script carries and runs with python3) and a real
+client on the other side. The scripts run as `env -i PATH=/usr/sbin:/usr/bin:
+/sbin:/bin` would run them: netlab is on no PATH. Nothing here touches the
+root namespace: every lab is built in a sandbox whose namespaces start with
+the test run's prefix, or, without a sandbox, inside a private network, mount
+and PID namespace (`unshare`) that plays the whole machine and is gone when
+its last process ends.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,11 +22,14 @@ import time
 import pytest
 
 import netlab
-from conftest import namespaces, serve_processes, sh
+from conftest import namespaces, serve_processes, sh, wait_stopped
+from kernel import changes
+from kernel import snapshot as kernel_snapshot
 from test_golden import LABS
 
 pytestmark = pytest.mark.root
 HELLO = "Hello, World! :)"
+PLAIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # netlab is on none of these
 
 
 class Lab:
@@ -33,14 +41,37 @@ class Lab:
         self.plan = netlab.build_plan(self.topology, self.sandbox)
         self.script = tmp_path / f"{name}.sh"
         self.script.write_text(netlab.export_script(self.plan))
-        # a lab service's step runs `netlab serve`: this interpreter's netlab comes first in PATH
-        path = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
-        self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir), "PATH": path}
+        self.env = {"PATH": PLAIN_PATH, "NETLAB_STATE_DIR": str(state_dir)}  # as `env -i PATH=...`
         self.journal = state_dir / f"{prefix}.script"
 
     def run(self, *args) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(self.script), *args], capture_output=True, text=True, env=self.env,
-                              stdin=subprocess.DEVNULL, timeout=300)
+                              stdin=subprocess.DEVNULL, timeout=300, cwd="/")
+
+    def start(self, *args, stop_at=None, wrappers=None) -> subprocess.Popen:
+        """The script in the background; with STOP_AT (a step), it stops itself (SIGSTOP) as that
+        step's command starts, through the `ip` wrapper in WRAPPERS first in PATH."""
+        env = dict(self.env)
+        if stop_at is not None:
+            env["PATH"] = f"{wrappers}:{PLAIN_PATH}"
+            env["NETLAB_TEST_STOP"] = self.script_command(stop_at)
+        return subprocess.Popen(["bash", str(self.script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True, cwd="/")
+
+    def script_command(self, index: int) -> str:
+        """The words `ip` gets when the script runs step INDEX (its argv from the root namespace)."""
+        step = self.plan.steps[index - 1]
+        if step.argv[:3] == ("netlab", "serve", "--background"):
+            return " ".join(("ip", "netns", "exec", step.netns, "python3", "-", "--background", *step.argv[3:5],
+                             "--record", str(self.journal), str(index)))
+        return " ".join(("ip", "netns", "exec", step.netns, *step.argv) if step.netns else step.argv)
+
+    def services(self) -> list:
+        return [step.argv[3] for step in self.plan.steps if step.argv[:3] == ("netlab", "serve", "--background")]
+
+    def servers(self) -> set:
+        """The pids of the servers of the lab's services that run now."""
+        return {pid for address in self.services() for pid in serve_processes(address)}
 
     def ok(self, *args) -> str:
         result = self.run(*args)
@@ -68,10 +99,17 @@ class Lab:
         return sh("ip", "netns", "exec", self.ns(netns), sys.executable, "-m", "netlab", "serve", *args)
 
 
-def snapshot() -> dict:
-    """What must be the same before a lab and after its down: namespaces and root links (read only)."""
-    links = sorted(link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show").stdout))
-    return {"namespaces": namespaces(), "links": links}
+@pytest.fixture
+def ip_wrapper(tmp_path_factory):
+    """A directory with an `ip` that stops its caller (the script) with SIGSTOP when its words
+    are $NETLAB_TEST_STOP, then runs the real ip: the script stops at that exact step."""
+    directory = tmp_path_factory.mktemp("stop-wrapper")
+    wrapper = directory / "ip"
+    wrapper.write_text('#!/bin/bash\n'
+                       'if [[ -n ${NETLAB_TEST_STOP:-} && "ip $*" == "$NETLAB_TEST_STOP" ]]; then kill -STOP "$PPID"; fi\n'
+                       f'exec {shutil.which("ip")} "$@"\n')
+    wrapper.chmod(0o755)
+    return directory
 
 
 @pytest.fixture
@@ -94,8 +132,8 @@ def test_egress_and_ingress_work_because_of_masquerade_and_dnat(lab_factory):
     The lab's server is its last step; to show what each rule does, the same
     server runs from the start, by hand, and the lab's own step takes over at
     the end."""
-    before, others = snapshot(), set(serve_processes("192.168.0.2"))  # others: not this test's
     lab = lab_factory("egress-ingress")
+    before, others = snapshot(lab), set(serve_processes("192.168.0.2"))  # others: not this test's
     internet, public = "198.51.100.1", "203.0.113.2"
     masquerade, dnat = lab.step_of("MASQUERADE"), lab.step_of("-A PREROUTING")
     dnat_output, service = lab.step_of("-A OUTPUT"), lab.step_of("netlab serve")
@@ -124,25 +162,29 @@ def test_egress_and_ingress_work_because_of_masquerade_and_dnat(lab_factory):
     assert lab.http("host", "192.168.0.2", 3000) is None
 
     out = lab.ok("up")  # the lab's own service now
-    assert f"+ ip netns exec {lab.ns('ns0')} netlab serve --background 192.168.0.2 3000" in out
+    assert (f"+ hello_app | ip netns exec {lab.ns('ns0')} python3 - --background 192.168.0.2 3000 "
+            f"--record \"$JOURNAL\" {service}") in out
     assert lab.http("internet", public, 3000) == HELLO and lab.http("host", public, 3000) == HELLO
     server = set(serve_processes("192.168.0.2")) - others
-    assert server, "no netlab serve process runs the lab's server"
+    assert server, "no process runs the lab's server"
 
     rules = sh("ip", "netns", "exec", lab.sandbox.host, "iptables-save", "-t", "nat").stdout
     assert "-A POSTROUTING -s 192.168.0.0/16 ! -o br0 -j MASQUERADE" in rules
     lab.ok("down")
-    assert snapshot() == before
+    assert changes(before, snapshot(lab)) == []
     assert not lab.journal.exists()
     assert not server & set(serve_processes("192.168.0.2")), "down left the lab's server running"
 
 
+def snapshot(lab: Lab) -> dict:
+    """The state of the test's own namespaces (the lab's sandbox prefix), never anyone else's."""
+    return kernel_snapshot(lab.sandbox.prefix)
+
+
 @pytest.mark.parametrize("name", LABS)
-def test_round_trip_with_the_labs_checks(lab_factory, name):
-    before = snapshot()
+def test_round_trip_with_the_labs_checks_and_no_netlab_on_path(lab_factory, name):
     lab = lab_factory(name)
-    services = [step.argv[3] for step in lab.plan.steps if step.argv[:3] == ("netlab", "serve", "--background")]
-    others = {pid for address in services for pid in serve_processes(address)}  # not this test's
+    before, others = snapshot(lab), lab.servers()  # others: not this test's
     out = lab.ok("up")
     assert out.rstrip().endswith(f"is up: {len(lab.plan.steps)} steps")
     created = {step.argv[3] for step in lab.plan.steps if step.argv[:3] == ("ip", "netns", "add")}
@@ -155,12 +197,55 @@ def test_round_trip_with_the_labs_checks(lab_factory, name):
             assert lab.http(check.source, check.address, check.port) == HELLO, f"{name}: {check}"
     assert "already done; nothing changed" in lab.ok("up")
 
-    servers = {pid for address in services for pid in serve_processes(address)} - others
-    assert len(servers) == len(services), f"{name}: a service's server is not running"
+    servers = lab.servers() - others
+    assert len(servers) == len(lab.services()), f"{name}: a service's server is not running"
     lab.ok("down")
-    assert snapshot() == before
-    assert not servers & {pid for address in services for pid in serve_processes(address)}, "down left a server"
+    assert changes(before, snapshot(lab)) == []
+    assert not servers & lab.servers(), "down left a server"
     assert "is down" in lab.ok("down"), "a second down must succeed"
+
+
+def _wait_for_group_gone(pgid: int) -> None:
+    """Wait until process group PGID is empty: the killed script's last command finishing."""
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+
+
+def _kill_points(lab: Lab) -> list:
+    """Where to kill the script of LAB: the middle of its steps, and its first service's step."""
+    points = [len(lab.plan.steps) // 2 + 1]
+    points += [step.index for step in lab.plan.steps if step.argv[:3] == ("netlab", "serve", "--background")][:1]
+    return sorted(set(points))
+
+
+@pytest.mark.parametrize("name", LABS)
+def test_kill_9_in_the_middle_of_up_then_down_leaves_nothing(lab_factory, ip_wrapper, name):
+    """The script stops itself as step K's command starts; the command runs on (a service's
+    server starts and records its pid); kill -9 of the script; then down: no namespace of the
+    lab, no server of it, no record. At every kill point of the lab, 100%."""
+    lab = lab_factory(name)
+    others = lab.servers()
+    for point in _kill_points(lab):
+        process = lab.start("up", stop_at=point, wrappers=ip_wrapper)
+        try:
+            wait_stopped(process)
+        finally:
+            process.kill()
+        process.communicate(timeout=60)
+        _wait_for_group_gone(process.pid)
+        record = lab.journal.read_text()
+        assert f"start {point}" in record and f"done {point}" not in record
+        if lab.plan.steps[point - 1].argv[:2] == ("netlab", "serve"):  # its server runs, recorded, unfinished
+            assert f"\npid {point} " in record and lab.servers() - others
+        out = lab.ok("down")
+        assert out.rstrip().endswith("is down")
+        assert snapshot(lab) == {}, f"{name}: down after kill -9 at step {point} left namespaces"
+        assert lab.servers() - others == set(), f"{name}: down after kill -9 at step {point} left a server"
+        assert not lab.journal.exists()
 
 
 def test_failed_step_rolls_back_and_spares_what_was_there(lab_factory, sandbox_prefix):
@@ -172,7 +257,7 @@ def test_failed_step_rolls_back_and_spares_what_was_there(lab_factory, sandbox_p
     sh("ip", "netns", "add", squatter, check=True)
     for argv in (("ip", "link", "set", "lo", "up"), ("ip", "link", "add", "wan0", "type", "veth", "peer", "name", "x0")):
         sh("ip", "netns", "exec", squatter, *argv, check=True)
-    before = snapshot()
+    before = snapshot(lab)
     links_before = sh("ip", "netns", "exec", squatter, "ip", "-o", "link", "show").stdout
     result = lab.run("up")
     failing = lab.step_of("ip link add ens3 type veth peer name wan0")
@@ -180,19 +265,19 @@ def test_failed_step_rolls_back_and_spares_what_was_there(lab_factory, sandbox_p
     assert f"step {failing} failed: {lab.plan.steps[failing - 1].command}" in result.stderr
     assert "rolled back; the host is as it was" in result.stderr
     assert f"+ ip netns add {squatter}\n  already in effect, left as it was" in result.stdout
-    assert snapshot() == before and squatter in namespaces()
+    assert changes(before, snapshot(lab)) == [] and squatter in namespaces()
     assert sh("ip", "netns", "exec", squatter, "ip", "-o", "link", "show").stdout == links_before
     assert not lab.journal.exists()
 
 
 def test_down_without_a_record_undoes_what_is_in_effect(lab_factory):
-    before = snapshot()
     lab = lab_factory("bridge-3ns")
+    before = snapshot(lab)
     lab.ok("up")
     lab.journal.unlink()
     out = lab.ok("down")
     assert out.startswith("no record of an up")
-    assert snapshot() == before
+    assert changes(before, snapshot(lab)) == []
 
 
 def test_sysctl_is_put_back_to_its_previous_value(lab_factory):
@@ -208,18 +293,89 @@ def test_sysctl_is_put_back_to_its_previous_value(lab_factory):
     assert f"- ip netns exec {lab.sandbox.host} sysctl -w net.ipv4.ip_forward=0" in out.splitlines()
 
 
-def test_interrupted_up_rolls_back(lab_factory):
-    """SIGTERM in the middle of up: the script undoes what it did and exits 143."""
-    before = snapshot()
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_up_rolls_back(lab_factory, ip_wrapper, signum):
+    """A signal in the middle of up (the script stopped at step 15, the signal sent, then
+    SIGCONT): the script undoes what it did and exits 128 + the signal."""
     lab = lab_factory("bridge-3ns")
-    process = subprocess.Popen(["bash", str(lab.script), "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=lab.env)
-    deadline = time.monotonic() + 30
-    while not (lab.journal.exists() and lab.journal.read_text().count("done ") >= 15):
-        assert process.poll() is None and time.monotonic() < deadline, "up ended before it could be interrupted"
-        time.sleep(0.01)
-    process.terminate()
+    before = snapshot(lab)
+    process = lab.start("up", stop_at=15, wrappers=ip_wrapper)
+    try:
+        wait_stopped(process)
+        process.send_signal(signum)
+    finally:
+        process.send_signal(signal.SIGCONT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err
+    assert process.returncode == 128 + signum, err
     assert "rolled back" in err
-    assert snapshot() == before
+    assert changes(before, snapshot(lab)) == []
+    assert not lab.journal.exists()
+
+
+# ------------------------------------------------------------ without a sandbox
+def _isolated(tmp_path, body: str) -> subprocess.CompletedProcess:
+    """Run the bash BODY as root of a machine of its own: new network, mount and PID namespaces
+    (`unshare`), a private /run (so `ip netns add` and the state directory are invisible
+    outside), lo up. When BODY ends, so does everything it made: no namespace, link, rule
+    or process can outlive it, whatever fails."""
+    driver = tmp_path / "isolated.sh"
+    driver.write_text("set -euo pipefail\nmount -t tmpfs -o mode=0755 tmpfs /run\nip link set lo up\n" + body)
+    return subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "bash", str(driver)],
+                          capture_output=True, text=True, env={"PATH": PLAIN_PATH}, stdin=subprocess.DEVNULL,
+                          timeout=300, cwd="/")
+
+
+# The isolated machine's uplink and its internet, made as the sandbox makes them: ens3 with
+# the machine's public address, and a namespace `world` behind it that holds the address
+# that stands in for 8.8.8.8. Made before the lab, so they are part of "as it was"; so
+# are the filter and nat tables.
+WORLD = """ip netns add world
+ip link add ens3 type veth peer name wan0 netns world
+ip addr add 203.0.113.2/24 dev ens3
+ip link set ens3 up
+ip -n world link set lo up
+ip -n world addr add 203.0.113.1/24 dev wan0
+ip -n world link set wan0 up
+ip -n world addr add 198.51.100.1/32 dev lo
+ip route add default via 203.0.113.1
+iptables -P FORWARD ACCEPT  # iptables-nft makes a table on its first use, which no undo removes
+iptables -t nat -P POSTROUTING ACCEPT
+"""
+WORLD_PARAMS = {"public_ip": "203.0.113.2", "uplink": "ens3", "internet_ip": "198.51.100.1"}
+
+
+def _check_command(check) -> str:
+    """A lab check as a command in the isolated machine; one from the internet runs in `world`."""
+    netns = check.netns or ("world" if check.source == "internet" else None)
+    where = f"ip netns exec {netns} " if netns else ""
+    if check.kind == "ping":
+        return f"{where}ping -n -c 1 -W 2 {check.address} >/dev/null"
+    code = (f"import urllib.request; body = urllib.request.urlopen('http://{check.address}:{check.port}/', "
+            f"timeout=3).read().decode(); assert body == {HELLO!r}, body")
+    return f'{where}python3 -c "{code}"'
+
+
+@pytest.mark.parametrize("name", LABS)
+def test_without_a_sandbox_the_script_stands_alone_on_a_machine_of_its_own(tmp_path, name):
+    """The script as a user runs it on a server: no sandbox, no netlab; up, the lab's checks,
+    down, and then the machine is as it was (links, addresses, routes, rules, namespaces,
+    processes)."""
+    declared = dict(netlab.load(name).params)
+    plan = netlab.make_plan(name, params={key: value for key, value in WORLD_PARAMS.items() if key in declared})
+    script = tmp_path / f"{name}.sh"
+    script.write_text(netlab.export_script(plan))
+    checks = plan.checks
+    state = "ip -o link; ip -o addr; ip route show table all; iptables-save | grep -v '^#' | sed 's/\\[[0-9:]*\\]$//'; " \
+            "ip netns list; sysctl -n net.ipv4.ip_forward; ps -e -o comm= | sort"
+    body = WORLD + "\n".join([
+        f"before=$({state})",
+        f"bash {script} up >/dev/null",
+        *(f"{_check_command(check)} || {{ echo 'check failed: {check.label}' >&2; exit 1; }}" for check in checks),
+        f"bash {script} down >/dev/null",
+        f"after=$({state})",
+        '[[ $before == "$after" ]] || { diff <(echo "$before") <(echo "$after") >&2; exit 1; }',
+        f"echo {len(checks)} checks passed",
+    ]) + "\n"
+    result = _isolated(tmp_path, body)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == f"{len(checks)} checks passed"

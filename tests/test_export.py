@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 import netlab
+import netlab.programs
 from netlab.render.plan import Plan, Probe, Step
 from test_golden import LABS
 
@@ -42,7 +43,16 @@ def test_script_plan_action_prints_the_plan(lab, tmp_path):
     result = subprocess.run(["bash", str(script), "plan"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     printed = [line.strip() for line in result.stdout.splitlines()[1::2]]
-    assert printed == [step.command for step in plan.steps]
+    assert printed == [_script_command(step) for step in plan.steps]
+
+
+def _script_command(step: Step) -> str:
+    """A step as the script runs it: the plan's command, but a lab service with the script's own server."""
+    if step.argv[:3] != ("netlab", "serve", "--background"):
+        return step.command
+    netns = f"ip netns exec {step.netns} " if step.netns else ""
+    return (f'hello_app | {netns}python3 - --background {step.argv[3]} {step.argv[4]} '
+            f'--record "$JOURNAL" {step.index}')
 
 
 HOSTILE = ("a b", "$(touch PWNED)", "`touch PWNED`", "x; touch PWNED", "'quote'", '"dq"', "*", "!", "-n", "\\")
@@ -80,15 +90,45 @@ def test_script_header_names_lab_version_and_checks():
     assert lines[0] == "#!/usr/bin/env bash"
     assert f"netlab {netlab.__version__}" in lines[2] and "lab egress-ingress" in lines[2]
     assert "set -euo pipefail" in lines
-    assert "readonly TOOLS=(ip iptables netlab ss sysctl)" in lines
+    assert "readonly TOOLS=(ip iptables python3 ss sysctl)" in lines
+    assert "It needs bash and: ip, iptables, python3, ss, sysctl." in lines[3]
 
 
-def test_script_checks_for_netlab_only_when_a_step_runs_it():
-    """A lab service's step runs `netlab serve`: its script looks for netlab before anything changes."""
+def test_a_service_is_carried_in_the_script_and_needs_no_netlab():
+    """The lab service is the script's own heredoc, run by python3; netlab is run nowhere."""
     serving = netlab.export_script(plan_of("process-comm", sandbox=True))
-    check = [line for line in serving.splitlines() if "command -v netlab" in line]
-    assert len(check) == 1 and "exit 2" in check[0] and "step 21 runs it" in check[0]
-    # in require_host, which up runs before it takes the lock or runs a step
-    assert serving.index("require_host() {") < serving.index(check[0]) < serving.index("  local tool")
+    app = netlab.programs.source("serve")
+    assert "\nhello_app() {\n  cat <<'NETLAB_HELLO_APP'\n" + app + "NETLAB_HELLO_APP\n}" in serving
+    outside = serving.replace(app, "")
+    assert "command -v netlab" not in outside and "netlab serve" not in outside
+    assert "undo_21() { stop_server 21; }" in serving.splitlines()
     plain = netlab.export_script(plan_of("bridge-3ns", sandbox=True))
-    assert "netlab serve" not in plain and "command -v netlab" not in plain
+    assert "hello_app" not in plain and "python3" not in plain and "stop_server" not in plain
+
+
+def test_the_server_in_the_script_runs_without_netlab(tmp_path):
+    """The heredoc's program, run as the script runs it (no root: loopback, a free port), records
+    its detached server's pid and start time, and serves the documents' body."""
+    import socket
+    import urllib.request
+
+    serving = netlab.export_script(plan_of("process-comm", sandbox=True))
+    app = serving.split("cat <<'NETLAB_HELLO_APP'\n", 1)[1].split("NETLAB_HELLO_APP\n", 1)[0]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    journal = tmp_path / "lab.script"
+    journal.write_text("plan x\n")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # no netlab anywhere
+    started = subprocess.run(["python3", "-", "--background", "127.0.0.1", str(port), "--record", str(journal), "7"],
+                             input=app, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
+    assert started.returncode == 0, started.stderr
+    tag, step, pid, start = journal.read_text().splitlines()[1].split()
+    try:
+        assert (tag, step) == ("pid", "7")
+        assert start == open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[19]
+        assert f"(pid {pid})" in started.stdout
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        assert body == "Hello, World! :)"
+    finally:
+        os.kill(int(pid), 9)

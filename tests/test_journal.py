@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
 import netlab
+from conftest import wait_stopped
 from netlab.errors import InputError
 from netlab.run import journal, store
 
@@ -29,7 +31,7 @@ def test_records_are_read_back_and_a_torn_last_line_is_dropped(tmp_path):
     record.close()
     with open(record.path, "a") as handle:
         handle.write('{"done": 4')  # kill -9 in the middle of a write
-    again = journal.Journal.read(record.path)
+    again = store.read_journal(record.path)
     assert again.started == [1, 2, 3, 4]
     assert again.done == {1, 2}
     assert again.saved == {4: "0"}
@@ -47,10 +49,10 @@ def test_a_record_after_a_torn_line_is_not_lost(tmp_path):
     record.close()
     with open(record.path, "a") as handle:
         handle.write('{"done": 1')
-    again = journal.Journal.read(record.path).open_for_append()
+    again = store.read_journal(record.path).open_for_append()
     again.append(rollback=True)
     again.close()
-    assert journal.Journal.read(record.path).has("rollback")
+    assert store.read_journal(record.path).has("rollback")
     assert [p.name for p in tmp_path.iterdir()] == ["box1.journal"]  # no temporary file left by create
 
 
@@ -58,7 +60,7 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
     path = tmp_path / "x.journal"
     path.write_text("plan 1234\n")
     with pytest.raises(netlab.NetlabError, match="is not a netlab journal"):
-        journal.Journal.read(path)
+        store.read_journal(path)
     assert store.all_journals(tmp_path) == []
 
 
@@ -78,7 +80,7 @@ def test_the_state_dir_is_made_0700_and_a_symlink_is_refused(tmp_path):
     made = store.state_dir(tmp_path / "a" / "state")
     assert oct(made.stat().st_mode & 0o777) == "0o700"
     (tmp_path / "link").symlink_to(made)
-    with pytest.raises(InputError, match="is a symlink; refusing to keep journals there"):
+    with pytest.raises(InputError, match="is a symlink; refusing to use it"):
         store.state_dir(tmp_path / "link")
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="is not a directory"):
@@ -112,3 +114,71 @@ def test_the_journal_header_is_json_with_what_down_needs(tmp_path):
     header = json.loads(record.path.read_text().splitlines()[0])
     assert {"netlab_journal", "pid", "boot_id", "created", "name", "lab", "digest", "steps"} <= set(header)
     assert all({"argv", "undo", "probe", "netns"} <= set(step) for step in header["steps"])
+
+
+# ------------------------------------------------------------ the pause point of crash and signal tests
+_WRITER = """
+import sys
+from pathlib import Path
+from netlab.run import journal
+record = journal.Journal.create(Path(sys.argv[1]), {"name": "box1", "lab": "egress-ingress", "digest": "0"})
+for index in (1, 2, 3):
+    record.append(start=index)
+    record.append(done=index)
+record.append_many([{"start": 4}, {"start": 5}, {"start": 6}])  # a round's starts, as the batched runner writes them
+record.append_many([{"done": 4}, {"done": 5}, {"done": 6}])
+record.append(rollback=True)
+record.close()
+"""
+_WRITTEN = [{"start": 1}, {"done": 1}, {"start": 2}, {"done": 2}, {"start": 3}, {"done": 3},
+            {"start": 4}, {"start": 5}, {"start": 6}, {"done": 4}, {"done": 5}, {"done": 6}, {"rollback": True}]
+
+
+def _records_on_disk(path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()[1:]]
+
+
+def _writer(tmp_path, pause):
+    env = {key: value for key, value in os.environ.items() if key != journal.PAUSE}
+    if pause is not None:
+        env[journal.PAUSE] = pause
+    path = tmp_path / "box1.journal"
+    process = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return process, path
+
+
+@pytest.mark.parametrize("pause, upto", [
+    ("done:2", 4),  # one record: the process stops right after it
+    ("start:5", 9),  # in the middle of records written together: after all of them
+    ("rollback", 13),  # a key without a value
+])
+def test_the_pause_point_stops_the_process_right_after_its_record(tmp_path, pause, upto):
+    assert journal.PAUSE == "NETLAB_TEST_PAUSE"
+    process, path = _writer(tmp_path, pause)
+    try:
+        wait_stopped(process, timeout=60)
+        assert _records_on_disk(path) == _WRITTEN[:upto]  # durable, and nothing after it
+        os.kill(process.pid, signal.SIGCONT)
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+    assert _records_on_disk(path) == _WRITTEN
+
+
+@pytest.mark.parametrize("pause", [None, "", "done:9", "saved"])
+def test_no_pause_without_a_matching_record(tmp_path, pause):
+    """Unset or empty, and a record that never comes (as a test choosing a step its run never
+    starts would see): the process runs to its end."""
+    process, path = _writer(tmp_path, pause)
+    try:
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+    assert _records_on_disk(path) == _WRITTEN

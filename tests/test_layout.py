@@ -47,7 +47,8 @@ def imported(path: Path):
             assert node.level == 0, f"{path}:{node.lineno}: a relative import; name the stage"
             for alias in node.names:  # `from netlab.run import journal` imports netlab.run.journal
                 submodule = f"{node.module}.{alias.name}"
-                is_module = (PACKAGE.parent / Path(*submodule.split("."))).with_suffix(".py").is_file()
+                where = PACKAGE.parent / Path(*submodule.split("."))
+                is_module = where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
                 yield node.lineno, submodule if is_module else node.module
 
 
@@ -91,5 +92,7 @@ def test_the_walk_sees_imports_inside_functions():
     path = PACKAGE / "render" / "plan.py"
     found = dict((module, line) for line, module in imported(path))
     assert "netlab.model.source" in found  # plan imports source inside make_plan
+    ssh = dict((module, line) for line, module in imported(PACKAGE / "remote" / "ssh.py"))
+    assert "netlab.programs" in ssh  # `from netlab import programs` is the stage, not the root
     assert stage_of("netlab.check.verify") > stage_of("netlab.render.plan")
     assert stage_of("netlab.cli") == TOP

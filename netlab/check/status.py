@@ -27,7 +27,8 @@ READ_ONLY = "read-only"  # shows something, changes nothing
 class LabSummary:
     name: str
     lab: str
-    state: str  # up, partial (an interrupted up), busy (an up or down running), failed, stale
+    state: str  # up, partial (an interrupted up), partial (to N) (up --to N), busy (an up or down running),
+    # failed, stale
     steps: int
     applied: int
     pid: int
@@ -58,6 +59,8 @@ def _summary(record: journals.Journal, store) -> LabSummary:
         state = "up"
     elif record.has("rollback") or record.failed:
         state = "failed"
+    elif record.stopped_at is not None:
+        state = f"partial (to {record.stopped_at})"
     else:
         state = "partial"
     steps = record.header["steps"]

@@ -113,11 +113,10 @@ def _connect(check: LabCheck, executor: Executor):
 def _connect_remotely(check: LabCheck, executor: Executor):
     import json
 
-    from netlab.programs import reach as module
-    from netlab.remote.ssh import shipped_source
+    from netlab import programs
 
     argv = ("python3", "-", check.kind, check.address, str(check.port), check.path or "/")
-    result = executor.run(argv, check.netns, shipped_source(module))
+    result = executor.run(argv, check.netns, programs.source("reach"))
     if result.code == 255 and check.netns:
         return False, f"namespace {check.netns} is missing"
     try:

@@ -233,13 +233,41 @@ def stop_report(address: str, port: int) -> Tuple[List[str], List[str]]:
     return [f"no netlab server listens on {where}"], notes
 
 
+def start_time(pid: int) -> str:
+    """The start time of process PID (field 22 of /proc/PID/stat, in clock ticks since boot):
+    with the pid, it names one process, never a later one that got the same pid."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        return handle.read().rpartition(")")[2].split()[19]
+
+
+def record_server(path: str, index: str, pid: int) -> None:
+    """Append `pid INDEX PID START` to the exported script's journal at PATH, durably, before
+    the script goes on: its down (and rollback) stops exactly that process."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.write(fd, f"pid {index} {pid} {start_time(pid)}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def main(argv) -> int:
-    """`netlab serve --background|--stop ADDRESS PORT`, as a remote host runs it: netlab.remote.ssh
-    ships this file to the remote python3, which has no netlab installed. Prints what
-    `netlab serve` prints, and exits 1 with one line on failure."""
+    """The server as a program of its own, with no netlab installed: a remote host runs it
+    as `python3 - netlab serve --background|--stop ADDRESS PORT` (netlab.remote.ssh ships
+    this file), and an exported script as `python3 - --background ADDRESS PORT --record
+    JOURNAL STEP` (the file is in the script, a heredoc). Prints what `netlab serve`
+    prints, and exits 1 with one line on failure."""
+    argv = list(argv)
+    record = None
+    if len(argv) >= 3 and argv[-3] == "--record":
+        record, argv = argv[-2:], argv[:-3]
     mode, address, port = argv[-3], argv[-2], int(argv[-1])
     try:
-        out, err = (start_report if mode == "--background" else stop_report)(address, port)
+        if mode == "--background" and record:
+            pid = _start_recorded(address, port, *record)
+            out, err = [f"serving http://{address}:{port}/ in the background (pid {pid})"], []
+        else:
+            out, err = (start_report if mode == "--background" else stop_report)(address, port)
     except ServeError as error:
         print(f"netlab: error: {error}", file=sys.stderr)
         return 1
@@ -249,3 +277,19 @@ def main(argv) -> int:
         print(line)
     sys.stdout.flush()
     return 0
+
+
+def _start_recorded(address: str, port: int, journal: str, index: str) -> int:
+    """Start a detached server and record its pid in JOURNAL (step INDEX); one that cannot be
+    recorded is stopped again, so no server runs that its down could not find."""
+    where = f"{address}:{port}"
+    try:
+        pid = start_background(address, port)
+    except OSError as error:
+        raise ServeError(f"cannot listen on {where}: {error.strerror or error}") from None
+    try:
+        record_server(journal, index, pid)
+    except OSError as error:
+        os.kill(pid, signal.SIGKILL)
+        raise ServeError(f"cannot record the server's pid in {journal}: {error.strerror or error}") from None
+    return pid

@@ -48,7 +48,6 @@ _DEFAULTS = ("-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",  
 REMOTE_WORKERS = 4  # channels side by side; sshd's MaxSessions is 10 per connection by default
 _HOST_RE = re.compile(r"[A-Za-z0-9_.%-]+|\[[0-9A-Fa-f:.%A-Za-z]+\]")
 _USER_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
-_SHIPPED = "\nimport sys as _sys\n_sys.exit(main(_sys.argv[1:]))\n"  # runs a shipped module's main()
 _EXIT_MARK = "\nnetlab-exit:"
 _REPORT_EXIT = '"$@"; r=$?; printf \'\\nnetlab-exit:%d\\n\' "$r" >&2; exit "$r"'
 
@@ -296,12 +295,6 @@ class Connection:
 
 
 # ------------------------------------------------------------ the executor
-def shipped_source(module) -> str:
-    """A stdlib-only netlab module's source with a call of its main(argv) at the end,
-    to run as `python3 - ARGS` with the source on stdin."""
-    return Path(module.__file__).read_text(encoding="utf-8") + _SHIPPED
-
-
 class RemoteExecutor(Executor):
     """Runs argv lists on the host at the other end of CONNECTION, as root (through
     `sudo -n` when the login user is not root and may use sudo without a password)."""
@@ -353,8 +346,9 @@ class RemoteExecutor(Executor):
         exits 255 when a channel or the connection fails, as `ip netns exec` does for a
         missing namespace, and only the mark tells them apart."""
         if argv and argv[0] == "netlab":  # a lab service: the server's source to the remote python3
-            from netlab.programs import serve
-            argv, input = ("python3", "-", *argv), shipped_source(serve)
+            from netlab import programs
+
+            argv, input = ("python3", "-", *argv), programs.source("serve")
         inner = super().command_line(argv, netns, input)[0]
         return (*self._sudo, "sh", "-c", _REPORT_EXIT, "sh", *inner), input
 

@@ -1,9 +1,16 @@
-"""Export: a Plan as a standalone bash script that needs no Python.
+"""Export: a Plan as a standalone bash script that needs no netlab.
 
 The script (templates/script.sh.j2) holds each step as three small shell
 functions (do, undo, probe) rendered from the Step's argv lists; every word is
 quoted here, once, with shell_join. The script keeps its own journal so that
 `down` undoes only what its `up` did.
+
+A lab service (`netlab serve --background ADDRESS PORT`) is the one step the
+script runs its own way: it carries the server (netlab.programs.serve) as a
+heredoc and runs it with the target's python3, which records the detached
+server's pid and start time in the script's journal; `down` stops exactly
+that process. Needing python3 only then, the script needs no Python at all
+for a lab without a service.
 """
 
 from __future__ import annotations
@@ -44,8 +51,30 @@ def _probe_text(step: Step) -> Optional[str]:
     return f'[[ "$({command} 2>/dev/null)" == {shlex.quote(probe.value)} ]]'
 
 
+SERVICE = ("netlab", "serve", "--background")  # a lab service's step: SERVICE + (ADDRESS, PORT)
+APP_END = "NETLAB_HELLO_APP"  # the end of the server's heredoc
+
+
+def is_service(step: Step) -> bool:
+    return step.argv[:3] == SERVICE
+
+
+def _service(step: Step) -> dict:
+    """The do, undo and probe of a service step, in the script's own words (its engine has
+    hello_app, server_running and stop_server)."""
+    address, port = step.argv[3:5]
+    start = shell_join(in_netns(step.netns, ("python3", "-", "--background", address, port)))
+    return {
+        "command": f'hello_app | {start} --record "$JOURNAL" {step.index}',
+        "undo": f"stop_server {step.index}",
+        "undo_command": f"stop the server step {step.index} started (the pid up recorded)",
+        "probe": f"server_running {step.index} || {_probe_text(step)}",
+    }
+
+
 def tools_used(plan: Plan) -> List[str]:
-    """The programs the script calls, so it can check for them before it starts."""
+    """The programs the script calls, so it can check for them before it starts; python3
+    for a lab service, which the script runs itself (never netlab)."""
     used = set()
     for step in plan.steps:
         for argv in (step.argv, step.undo, step.save, step.probe and step.probe.argv):
@@ -53,11 +82,14 @@ def tools_used(plan: Plan) -> List[str]:
                 used.add(argv[0])
     if any(step.netns for step in plan.steps):
         used.add("ip")
+    if "netlab" in used:
+        used.discard("netlab")
+        used.add("python3")
     return sorted(used)
 
 
 def export_script(plan: Plan) -> str:
-    from netlab import __version__
+    from netlab import __version__, programs
     from netlab.render.templating import environment
 
     steps = [
@@ -69,9 +101,13 @@ def export_script(plan: Plan) -> str:
             "undo": _undo_text(step),
             "probe": _probe_text(step),
             "save": shell_join(in_netns(step.netns, step.save)) if step.save else None,
+            **(_service(step) if is_service(step) else {}),
         }
         for step in plan.steps
     ]
+    app = programs.source("serve") if any(map(is_service, plan.steps)) else None
+    if app is not None and APP_END in app.splitlines():
+        raise AssertionError(f"the server's source has a line {APP_END}, which ends its heredoc")
     return environment().get_template("script.sh.j2").render(
         plan=plan,
         steps=steps,
@@ -79,6 +115,8 @@ def export_script(plan: Plan) -> str:
         tools=tools_used(plan),
         params=", ".join(f"{key}={value}" for key, value in plan.params) or "none",
         q=shlex.quote,
+        app=app,
+        app_end=APP_END,
     )
 
 

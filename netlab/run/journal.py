@@ -11,6 +11,7 @@ fsynced before what it announces happens:
     {"done": N}, {"failed": N}
     {"found": N}              step N was in effect before the lab: not the lab's, never undone
     {"up": true}              every step is done
+    {"to": N}                 an `up --to N` stopped after step N, as asked
     {"rollback": true}        undoing began (after a failure, or `down`)
     {"resume": PID}           a later `up` went on with an interrupted one
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from netlab.errors import NetlabError
 
 SUFFIX = ".journal"
 FORMAT = 1
+PAUSE = "NETLAB_TEST_PAUSE"  # tests only: stop after writing a record (see _pause_point)
 
 
 def boot_id() -> str:
@@ -55,7 +58,7 @@ class Journal:
     path: Path
     header: dict
     records: List[dict] = field(default_factory=list)
-    _handle: Optional[object] = field(default=None, repr=False)
+    _fd: Optional[int] = field(default=None, repr=False)  # open to append, unbuffered
     _steps: Optional[tuple] = field(default=None, repr=False)  # the plan's Steps, when this process wrote it
     host_boot: Optional[str] = field(default=None, repr=False)  # the boot id of the lab's host; None: this one
     torn: bool = field(default=False, repr=False)  # the last line was cut off by a crash
@@ -69,14 +72,18 @@ class Journal:
         header = stamped(header)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            journal = cls(path, header, [], os.fdopen(fd, "a", encoding="utf-8"), steps)
-            if steps is None:
-                journal._write(header)
-            else:
-                journal._write_header(header, steps)
+            if os.path.lexists(temporary):  # left by a crashed process that had this pid
+                os.unlink(temporary)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:  # buffered: the header is written in pieces
+                for piece in header_text(header, steps) if steps is not None else (json.dumps(header, separators=(",", ":")) + "\n",):
+                    handle.write(piece)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.link(temporary, path)
             _fsync_directory(path.parent)
+            journal = cls(path, header, [], None, steps)
+            journal._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as error:
             raise NetlabError(f"cannot write the journal {path}: {error.strerror or error}") from None
         finally:
@@ -85,16 +92,6 @@ class Journal:
             except OSError:
                 pass
         return journal
-
-    @classmethod
-    def read(cls, path: Path) -> "Journal":
-        """The journal at PATH; a torn last line (a crash mid-write) is dropped."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as error:
-            raise NetlabError(f"cannot read the journal {path}: {error.strerror or error}") from None
-        with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
-            return cls.parse(path, handle.read())
 
     @classmethod
     def parse(cls, path, text: str, host_boot: Optional[str] = None) -> "Journal":
@@ -116,46 +113,44 @@ class Journal:
         return journal
 
     def open_for_append(self) -> "Journal":
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-        self._handle = os.fdopen(fd, "a", encoding="utf-8")
-        if self.torn:  # end the torn line, or the next record would be glued to it and lost
-            self._handle.write("\n")
-            self.torn = False
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         return self
 
     def append(self, **record) -> None:
         """Write one record and make it durable before returning."""
         self.records.append(record)
         self._write(record)
+        _pause_point((record,))
 
     def append_many(self, records: List[dict]) -> None:
         """Write RECORDS, one per line, and make them durable together (one fsync)."""
         if records:
             self.records.extend(records)
             self._write(*records)
-
-    def _write_header(self, header: dict, steps) -> None:
-        """HEADER plus `"steps": [...]` from STEPS, as one JSON line, written piece by piece."""
-        try:
-            for piece in header_text(header, steps):
-                self._handle.write(piece)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-        except OSError as error:
-            raise NetlabError(f"cannot write the journal {self.path}: {error.strerror or error}") from None
+            _pause_point(records)
 
     def _write(self, *records: dict) -> None:
+        """Append RECORDS, unbuffered, and fsync. A write that fails (a full disk, a file size
+        limit) may leave part of a line: the next write starts on a line of its own, and
+        a reader drops the torn one, so the journal stays readable."""
+        data = memoryview((("\n" if self.torn else "") + "".join(
+            json.dumps(record, separators=(",", ":")) + "\n" for record in records)).encode("utf-8"))
+        self.torn = True  # until every byte is down
         try:
-            self._handle.write("".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records))
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            while data:
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
         except OSError as error:
             raise NetlabError(f"cannot write the journal {self.path}: {error.strerror or error}") from None
+        self.torn = False
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
 
     def remove(self) -> None:
         self.close()
@@ -221,6 +216,18 @@ class Journal:
         return self.has("up") and not self.has("rollback")
 
     @property
+    def stopped_at(self) -> Optional[int]:
+        """N when the last `up` was `up --to N` and stopped there as asked; None otherwise
+        (a later `up` that went on, and was interrupted, is just partial)."""
+        stopped = None
+        for record in self.records:
+            if "resume" in record:
+                stopped = None
+            elif isinstance(record.get("to"), int):
+                stopped = record["to"]
+        return stopped
+
+    @property
     def from_this_boot(self) -> bool:
         return self.header.get("boot_id") == (self.host_boot or boot_id())
 
@@ -258,3 +265,16 @@ def _step_or_dict(data: dict):
 
         return Step.from_dict(data["index"], data)
     return data
+
+
+def _pause_point(records) -> None:
+    """For crash and signal tests: with $NETLAB_TEST_PAUSE set to KEY:N (`start:12`,
+    `done:30`) or KEY (`rollback`), the process SIGSTOPs itself right after a record
+    with that key (and value N) is durable, so a test can kill it at that exact step
+    instead of racing it. Unset, this costs one dictionary lookup per write."""
+    spec = os.environ.get(PAUSE)
+    if not spec:
+        return
+    key, _, value = spec.partition(":")
+    if any(key in record and (not value or str(record[key]) == value) for record in records):
+        os.kill(os.getpid(), signal.SIGSTOP)

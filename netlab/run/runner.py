@@ -64,6 +64,49 @@ class Reporter:
         """Something the user should know that is not an error."""
 
 
+class _InPlanOrder(Reporter):
+    """The steps of a batched `up` told in plan order, as the documents read: a round can
+    hold step 27 and the next one step 8, so each step's line waits until every earlier
+    step of ORDER (the steps this `up` goes through) has had its own. What is still held
+    when the run ends (it failed, or was interrupted) is told by `flush`, in order."""
+
+    def __init__(self, reporter: Reporter, order: Sequence[int]):
+        self.reporter = reporter
+        self.order = list(order)
+        self.next = 0
+        self.held = {}  # index -> [(step, total, action), outputs...]
+
+    def step(self, step: Step, total: int, action: str) -> None:
+        if action == "undo":
+            self.flush()
+            self.reporter.step(step, total, action)
+            return
+        self.held[step.index] = [(step, total, action)]
+        while self.next < len(self.order) and self.order[self.next] in self.held:
+            self._tell(self.held.pop(self.order[self.next]))
+            self.next += 1
+
+    def output(self, step: Step, text: str) -> None:
+        if step.index in self.held:
+            self.held[step.index].append(text)
+        else:
+            self.reporter.output(step, text)
+
+    def warn(self, text: str) -> None:
+        self.reporter.warn(text)
+
+    def _tell(self, told: list) -> None:
+        (step, total, action), outputs = told[0], told[1:]
+        self.reporter.step(step, total, action)
+        for text in outputs:
+            self.reporter.output(step, text)
+
+    def flush(self) -> None:
+        for index in sorted(self.held):
+            self._tell(self.held.pop(index))
+        self.next = len(self.order)
+
+
 @dataclass(frozen=True)
 class Outcome:
     name: str
@@ -135,19 +178,23 @@ def _current(store, name: str, reporter: Reporter) -> Optional[journals.Journal]
 
 # ---------------------------------------------------------------- up
 def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
-       executor: Optional[Executor] = None, step_by_step: bool = False) -> Outcome:
+       executor: Optional[Executor] = None, step_by_step: bool = False, to: Optional[int] = None) -> Outcome:
     """Apply PLAN: every step in place, or (after a failure or a signal) none of them.
 
     The steps run in batches (netlab.run.batches), unless STEP_BY_STEP: one process each,
-    as the documents run them."""
+    as the documents run them. With TO, only steps 1 to TO (to see a check fail before
+    the step that fixes it, as the documents do): the journal records where it stopped,
+    and a later `up` goes on from there."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
+    total = len(plan.steps)
+    if to is not None and not 1 <= to <= total:
+        raise InputError(f"--to takes a step number from 1 to {total}, not {to}", None, "--to")
     executor.require_root("up")
     store = executor.state_store(state_dir)
     if plan.host_netns and not executor.run(("ip", "netns", "pids", plan.host_netns)).ok:
         raise InputError(f"there is no network namespace {plan.host_netns!r} (see `ip netns list`)",
                          None, "--host-netns")
-    total = len(plan.steps)
     with store.lock(plan.name):
         record = _current(store, plan.name, reporter)
         if record is None:
@@ -166,11 +213,15 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
             record.open_for_append()
             record.append(resume=os.getpid())
             _settle(record, plan, executor)
+        steps = plan.steps if to is None else plan.steps[:to]
+        if to is not None and not set(step.index for step in steps) - record.done - record.found:
+            record.close()
+            return Outcome(plan.name, 0, 0, f"{plan.name}: steps 1-{to} of {total} were already done; nothing changed")
         with _DeferredSignals() as signals:
             try:
                 apply = _apply if step_by_step else _apply_batched
-                ran, found = apply(plan, record, executor, reporter, signals)
-                record.append(up=True)
+                ran, found = apply(plan, steps, record, executor, reporter, signals)
+                record.append(**({"up": True} if len(steps) == total else {"to": len(steps)}))
             except BaseException as error:
                 if isinstance(error, ConnectionLost):  # nothing more can run there: the journal keeps it all
                     raise _left_as_is(error, plan.name, store, executor) from None
@@ -187,6 +238,9 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
                 raise
         record.close()
     extra = f", {found} already in effect and left as they were" if found else ""
+    if len(steps) < total:
+        return Outcome(plan.name, ran, found, f"{plan.name}: steps 1-{len(steps)} of {total} done ({ran} run{extra}); "
+                                              f"`netlab up` again goes on from step {len(steps) + 1}")
     return Outcome(plan.name, ran, found, f"{plan.name} is up: {ran} of {total} steps run{extra}")
 
 
@@ -199,12 +253,13 @@ def _settle(record: journals.Journal, plan: Plan, executor: Executor) -> None:
             record.append(done=index)
 
 
-def _apply(plan: Plan, record: journals.Journal, executor: Executor, reporter: Reporter,
+def _apply(plan: Plan, steps: Sequence[Step], record: journals.Journal, executor: Executor, reporter: Reporter,
            signals: _DeferredSignals):
+    """Apply STEPS (the plan's, or its first ones) one process each, the documents' way."""
     total = len(plan.steps)
     settled = record.done | record.found
     ran = found = 0
-    for step in plan.steps:
+    for step in steps:
         signals.check(f"interrupted before step {step.index} of {total}")
         if step.index not in settled:
             outcome = _apply_step(plan, step, record, executor, reporter)
@@ -267,19 +322,29 @@ def _existing_namespaces(executor: Executor) -> set:
     return {line.split()[0] for line in listed.stdout.splitlines() if line.strip()} if listed.ok else set()
 
 
-def _apply_batched(plan: Plan, record: journals.Journal, executor: Executor, reporter: Reporter,
-                   signals: _DeferredSignals):
-    """Apply the plan's steps in batches, with the journal's guarantees of `_apply`.
+def _apply_batched(plan: Plan, steps: Sequence[Step], record: journals.Journal, executor: Executor,
+                   reporter: Reporter, signals: _DeferredSignals):
+    """Apply STEPS (the plan's, or its first ones) in batches, with the journal's guarantees of `_apply`.
 
     Only steps in a namespace this `up` creates skip their probe: nothing can be in
     effect there before the lab. A batch's steps are recorded as started before it
     runs and done after; a failed batch is gone through step by step (`_recover`).
     """
+    settled = record.done | record.found
+    pending = [step for step in steps if step.index not in settled]
+    reporter = _InPlanOrder(reporter, [step.index for step in pending])
+    try:
+        return _run_rounds(plan, pending, record, executor, reporter, signals)
+    finally:
+        reporter.flush()
+
+
+def _run_rounds(plan: Plan, pending: Sequence[Step], record: journals.Journal, executor: Executor,
+                reporter: Reporter, signals: _DeferredSignals):
+    """The batched `up` of PENDING: the probes, then the rounds of batches."""
     from netlab.run.batches import SINGLE, created_netns, lane_of, schedule
 
     total = len(plan.steps)
-    settled = record.done | record.found
-    pending = [step for step in plan.steps if step.index not in settled]
     existing = _existing_namespaces(executor)
     fresh = {created_netns(step) for step in pending if created_netns(step)} - existing
     probed = [step for step in pending if lane_of(step) != SINGLE

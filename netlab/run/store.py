@@ -9,6 +9,7 @@ a host reached over SSH.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -41,15 +42,57 @@ def state_dir(path: Optional[os.PathLike] = None, create: bool = True) -> Path:
         info = os.lstat(directory)
     except FileNotFoundError:
         return directory
-    if stat.S_ISLNK(info.st_mode):
-        raise InputError(f"{directory} is a symlink; refusing to keep journals there", None, where)
-    if not stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{directory} is not a directory", None, where)
-    if info.st_uid != os.geteuid():
-        raise InputError(f"{directory} belongs to another user (uid {info.st_uid})", None, where)
-    if stat.S_IMODE(info.st_mode) != 0o700:
+    trust(directory, info, stat.S_ISDIR, "a directory", where)
+    if stat.S_IMODE(info.st_mode) != 0o700:  # ours and written by nobody else: only tightened
         os.chmod(directory, 0o700)
     return directory
+
+
+_FIX = "remove it, or set NETLAB_STATE_DIR to a directory of your own"
+
+
+def trust(path, info: os.stat_result, is_kind, kind: str, where: Optional[str] = None) -> None:
+    """Refuse PATH (its lstat or fstat INFO) unless it is KIND (IS_KIND of its mode), the running
+    user's, and writable by nobody else: `down` runs the undo commands a journal holds, so
+    a file someone else could have written is never read as one."""
+    if stat.S_ISLNK(info.st_mode):
+        why = "is a symlink"
+    elif not is_kind(info.st_mode):
+        why = f"is not {kind}"
+    elif info.st_uid != os.geteuid():
+        why = f"belongs to another user (uid {info.st_uid})"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    else:
+        return
+    raise InputError(f"{path} {why}; refusing to use it ({_FIX})", None, where)
+
+
+def _open_trusted(path: Path, flags: int, mode: int = 0o600) -> int:
+    """PATH opened with FLAGS, never through a symlink, and only if trust() allows it."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InputError(f"{path} is a symlink; refusing to use it ({_FIX})") from None
+        raise NetlabError(f"cannot open {path}: {error.strerror or error}") from None
+    try:
+        trust(path, os.fstat(fd), stat.S_ISREG, "a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_journal(path: Path) -> Journal:
+    """The journal at PATH, if it can be trusted (see trust())."""
+    fd = _open_trusted(path, os.O_RDONLY)
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        try:
+            text = handle.read()
+        except OSError as error:
+            raise NetlabError(f"cannot read the journal {path}: {error.strerror or error}") from None
+    return Journal.parse(path, text)
 
 
 class Lock:
@@ -67,7 +110,7 @@ class Lock:
 
     def acquire(self) -> "Lock":
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = _open_trusted(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -102,10 +145,17 @@ class Lock:
         wrote, and takes no lock, so it can never make an `up` fail as busy. A lock file
         left by a killed process names a dead pid."""
         try:
-            with open(self.path, encoding="ascii", errors="replace") as handle:
-                pid = int(handle.read().strip() or 0)
+            fd = _open_trusted(self.path, os.O_RDONLY)
+        except InputError:
+            raise  # a planted lock is said, as a planted journal is
+        except NetlabError:  # no lock file: nobody holds it
+            return False
+        try:
+            pid = int(os.read(fd, 32).decode(errors="replace").strip() or 0)
         except (OSError, ValueError):
             return False
+        finally:
+            os.close(fd)
         if pid <= 0:
             return False
         try:
@@ -134,7 +184,9 @@ def all_journals(directory: Path) -> List[Journal]:
         return journals
     for path in sorted(directory.glob(f"*{SUFFIX}")):
         try:
-            journals.append(Journal.read(path))
+            journals.append(read_journal(path))
+        except InputError:
+            raise  # a journal someone else could have written is said, never skipped
         except NetlabError:
             continue
     return journals
@@ -181,7 +233,7 @@ class LocalStore(Store):
 
     def read(self, name: str) -> Optional[Journal]:
         path = journal_path(self.directory, name)
-        return Journal.read(path) if path.exists() else None
+        return read_journal(path) if os.path.lexists(path) else None
 
     def create(self, name: str, header: dict, steps) -> Journal:
         return Journal.create(journal_path(self.directory, name), header, steps)
