@@ -84,6 +84,28 @@ def wait_stopped(process, timeout: float = 300.0) -> None:
         delay = min(delay * 2, 0.05)
 
 
+def netns_inode(name: str):
+    """The inode of the named network namespace NAME (what /proc/PID/ns/net of a process in it
+    names), or None when there is no such namespace."""
+    try:
+        return os.stat(f"/run/netns/{name}").st_ino
+    except OSError:
+        return None
+
+
+def pids_in_netns(inodes) -> set:
+    """The pids of the processes whose network namespace is one of INODES: this test's own,
+    never another suite's, and still found when the namespace's name was deleted."""
+    inodes, found = set(inodes) - {None}, set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def _netns_capable() -> str:
     """Empty when this process can make namespaces; otherwise why not."""
     if os.geteuid() != 0:

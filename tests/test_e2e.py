@@ -22,7 +22,7 @@ import time
 import pytest
 
 import netlab
-from conftest import namespaces, serve_processes, sh, wait_stopped
+from conftest import namespaces, netns_inode, pids_in_netns, serve_processes, sh, wait_stopped
 from kernel import changes
 from kernel import snapshot as kernel_snapshot
 from test_golden import LABS
@@ -69,9 +69,14 @@ class Lab:
     def services(self) -> list:
         return [step.argv[3] for step in self.plan.steps if step.argv[:3] == ("netlab", "serve", "--background")]
 
-    def servers(self) -> set:
-        """The pids of the servers of the lab's services that run now."""
-        return {pid for address in self.services() for pid in serve_processes(address)}
+    def service_netns(self) -> set:
+        """The inodes of the namespaces the lab's services run in (those that exist now)."""
+        steps = [step for step in self.plan.steps if step.argv[:3] == ("netlab", "serve", "--background")]
+        return {netns_inode(step.netns) for step in steps} - {None}
+
+    def servers(self, inodes) -> set:
+        """The pids of the lab's servers in the namespaces INODES: only this test's lab's."""
+        return pids_in_netns(inodes) & {pid for address in self.services() for pid in serve_processes(address)}
 
     def ok(self, *args) -> str:
         result = self.run(*args)
@@ -133,7 +138,7 @@ def test_egress_and_ingress_work_because_of_masquerade_and_dnat(lab_factory):
     server runs from the start, by hand, and the lab's own step takes over at
     the end."""
     lab = lab_factory("egress-ingress")
-    before, others = snapshot(lab), set(serve_processes("192.168.0.2"))  # others: not this test's
+    before = snapshot(lab)
     internet, public = "198.51.100.1", "203.0.113.2"
     masquerade, dnat = lab.step_of("MASQUERADE"), lab.step_of("-A PREROUTING")
     dnat_output, service = lab.step_of("-A OUTPUT"), lab.step_of("netlab serve")
@@ -144,6 +149,10 @@ def test_egress_and_ingress_work_because_of_masquerade_and_dnat(lab_factory):
     try:
         assert lab.http("host", "192.168.0.2", 3000) == HELLO  # the server itself is fine
         assert not lab.ping("ns0", internet), "egress works before MASQUERADE: the test proves nothing"
+        verified = lab.run("verify")
+        assert verified.returncode == 1 and f"ping {internet} from ns0" in verified.stdout
+        assert [line for line in verified.stdout.splitlines() if line.startswith(f"ping {internet}")][0].endswith(
+            "FAILED")
         assert lab.http("internet", public, 3000) is None
 
         lab.ok("up", "--to", str(masquerade))
@@ -165,15 +174,15 @@ def test_egress_and_ingress_work_because_of_masquerade_and_dnat(lab_factory):
     assert (f"+ hello_app | ip netns exec {lab.ns('ns0')} python3 - --background 192.168.0.2 3000 "
             f"--record \"$JOURNAL\" {service}") in out
     assert lab.http("internet", public, 3000) == HELLO and lab.http("host", public, 3000) == HELLO
-    server = set(serve_processes("192.168.0.2")) - others
-    assert server, "no process runs the lab's server"
+    inodes = lab.service_netns()
+    assert lab.servers(inodes), "no process runs the lab's server"
 
     rules = sh("ip", "netns", "exec", lab.sandbox.host, "iptables-save", "-t", "nat").stdout
     assert "-A POSTROUTING -s 192.168.0.0/16 ! -o br0 -j MASQUERADE" in rules
     lab.ok("down")
     assert changes(before, snapshot(lab)) == []
     assert not lab.journal.exists()
-    assert not server & set(serve_processes("192.168.0.2")), "down left the lab's server running"
+    assert not pids_in_netns(inodes), "down left the lab's server running"
 
 
 def snapshot(lab: Lab) -> dict:
@@ -184,7 +193,7 @@ def snapshot(lab: Lab) -> dict:
 @pytest.mark.parametrize("name", LABS)
 def test_round_trip_with_the_labs_checks_and_no_netlab_on_path(lab_factory, name):
     lab = lab_factory(name)
-    before, others = snapshot(lab), lab.servers()  # others: not this test's
+    before = snapshot(lab)
     out = lab.ok("up")
     assert out.rstrip().endswith(f"is up: {len(lab.plan.steps)} steps")
     created = {step.argv[3] for step in lab.plan.steps if step.argv[:3] == ("ip", "netns", "add")}
@@ -196,12 +205,16 @@ def test_round_trip_with_the_labs_checks_and_no_netlab_on_path(lab_factory, name
         else:
             assert lab.http(check.source, check.address, check.port) == HELLO, f"{name}: {check}"
     assert "already done; nothing changed" in lab.ok("up")
+    count = len(lab.plan.checks)
+    verified = lab.ok("verify").strip().splitlines()  # the script's own checks, in bash alone
+    assert verified[-1] == (f"{lab.plan.name}: {count} of {count} checks passed" if count
+                            else f"{lab.plan.name}: the lab declares no checks")
 
-    servers = lab.servers() - others
-    assert len(servers) == len(lab.services()), f"{name}: a service's server is not running"
+    inodes = lab.service_netns()
+    assert len(lab.servers(inodes)) == len(lab.services()), f"{name}: a service's server is not running"
     lab.ok("down")
     assert changes(before, snapshot(lab)) == []
-    assert not servers & lab.servers(), "down left a server"
+    assert not pids_in_netns(inodes), "down left a server"
     assert "is down" in lab.ok("down"), "a second down must succeed"
 
 
@@ -228,7 +241,6 @@ def test_kill_9_in_the_middle_of_up_then_down_leaves_nothing(lab_factory, ip_wra
     server starts and records its pid); kill -9 of the script; then down: no namespace of the
     lab, no server of it, no record. At every kill point of the lab, 100%."""
     lab = lab_factory(name)
-    others = lab.servers()
     for point in _kill_points(lab):
         process = lab.start("up", stop_at=point, wrappers=ip_wrapper)
         try:
@@ -239,12 +251,13 @@ def test_kill_9_in_the_middle_of_up_then_down_leaves_nothing(lab_factory, ip_wra
         _wait_for_group_gone(process.pid)
         record = lab.journal.read_text()
         assert f"start {point}" in record and f"done {point}" not in record
+        inodes = lab.service_netns()
         if lab.plan.steps[point - 1].argv[:2] == ("netlab", "serve"):  # its server runs, recorded, unfinished
-            assert f"\npid {point} " in record and lab.servers() - others
+            assert f"\npid {point} " in record and lab.servers(inodes)
         out = lab.ok("down")
         assert out.rstrip().endswith("is down")
         assert snapshot(lab) == {}, f"{name}: down after kill -9 at step {point} left namespaces"
-        assert lab.servers() - others == set(), f"{name}: down after kill -9 at step {point} left a server"
+        assert not pids_in_netns(inodes), f"{name}: down after kill -9 at step {point} left a server"
         assert not lab.journal.exists()
 
 
@@ -329,7 +342,8 @@ def _isolated(tmp_path, body: str) -> subprocess.CompletedProcess:
 # the machine's public address, and a namespace `world` behind it that holds the address
 # that stands in for 8.8.8.8. Made before the lab, so they are part of "as it was"; so
 # are the filter and nat tables.
-WORLD = """ip netns add world
+WORLD = """sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1  # no autoconf drift
+ip netns add world
 ip link add ens3 type veth peer name wan0 netns world
 ip addr add 203.0.113.2/24 dev ens3
 ip link set ens3 up
@@ -365,12 +379,13 @@ def test_without_a_sandbox_the_script_stands_alone_on_a_machine_of_its_own(tmp_p
     script = tmp_path / f"{name}.sh"
     script.write_text(netlab.export_script(plan))
     checks = plan.checks
-    state = "ip -o link; ip -o addr; ip route show table all; iptables-save | grep -v '^#' | sed 's/\\[[0-9:]*\\]$//'; " \
+    state = "ip -o link; ip -o -4 addr; ip -4 route show table all; iptables-save | grep -v '^#' | sed 's/\\[[0-9:]*\\]$//'; " \
             "ip netns list; sysctl -n net.ipv4.ip_forward; ps -e -o comm= | sort"
     body = WORLD + "\n".join([
         f"before=$({state})",
         f"bash {script} up >/dev/null",
         *(f"{_check_command(check)} || {{ echo 'check failed: {check.label}' >&2; exit 1; }}" for check in checks),
+        f"bash {script} verify | tail -n 1",
         f"bash {script} down >/dev/null",
         f"after=$({state})",
         '[[ $before == "$after" ]] || { diff <(echo "$before") <(echo "$after") >&2; exit 1; }',
@@ -378,4 +393,7 @@ def test_without_a_sandbox_the_script_stands_alone_on_a_machine_of_its_own(tmp_p
     ]) + "\n"
     result = _isolated(tmp_path, body)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == f"{len(checks)} checks passed"
+    runnable = sum(check.runnable for check in checks)  # the script skips one from the internet
+    summary = (f"{plan.name}: {runnable} of {len(checks)} checks passed" if checks
+               else f"{plan.name}: the lab declares no checks")
+    assert result.stdout.strip().splitlines() == [summary, f"{len(checks)} checks passed"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from netlab.errors import InputError
-from netlab.render.plan import SAVED, Plan, Step, in_netns, shell_join
+from netlab.render.plan import SAVED, LabCheck, Plan, Step, in_netns, shell_join
 
 
 def _undo_text(step: Step) -> Optional[str]:
@@ -72,6 +72,23 @@ def _service(step: Step) -> dict:
     }
 
 
+# A check in bash alone (its /dev/tcp), so `bash SCRIPT verify` needs no Python: $1 ADDRESS, $2 PORT, $3 PATH.
+_TCP = 'exec 3<>"/dev/tcp/$1/$2"'
+_HTTP = (_TCP + ' && printf "GET %s HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n" "$3" "$1" >&3 && read -r _ code _ <&3 '
+         '&& ((code >= 200 && code < 400))')
+CHECK_TIMEOUT = "5"  # seconds, for a check's connection and answer
+
+
+def _check(check: LabCheck) -> dict:
+    """A lab check as the script runs it: ping, or a connection (and GET) with bash's /dev/tcp."""
+    if check.kind == "ping":
+        argv = ("ping", "-n", "-q", "-c", "1", "-W", "2", check.address)
+    else:
+        argv = ("timeout", CHECK_TIMEOUT, "bash", "-c", _HTTP if check.kind == "http" else _TCP, "check",
+                check.address, str(check.port), check.path or "/")
+    return {"label": check.label, "command": shell_join(in_netns(check.netns, argv)) if check.runnable else None}
+
+
 def tools_used(plan: Plan) -> List[str]:
     """The programs the script calls, so it can check for them before it starts; python3
     for a lab service, which the script runs itself (never netlab)."""
@@ -117,6 +134,7 @@ def export_script(plan: Plan) -> str:
         q=shlex.quote,
         app=app,
         app_end=APP_END,
+        checks=[_check(check) for check in plan.checks],
     )
 
 
