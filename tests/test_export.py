@@ -132,3 +132,20 @@ def test_the_server_in_the_script_runs_without_netlab(tmp_path):
         assert body == "Hello, World! :)"
     finally:
         os.kill(int(pid), 9)
+
+
+def test_no_text_reaches_the_script_unquoted_not_even_a_comment(tmp_path):
+    """Validation refuses control characters in every field (tests/invalid/control-*); a Plan
+    made in Python that holds newlines in its title, parameters, name and why still cannot
+    end a comment of the script: `bash SCRIPT plan` (and --help) run nothing of them."""
+    evil = "x\ntouch PWNED\n#"
+    step = Step(1, None, ("true",), f"why{evil}", undo=("true",), probe=Probe(None, ("false",), "status"))
+    plan = Plan("lab", f"title{evil}", "lab", None, (("p", f"1{evil}"),), (step,))
+    script = tmp_path / "hostile.sh"
+    script.write_text(netlab.export_script(plan))
+    for action in ("plan", "--help"):
+        result = subprocess.run(["bash", str(script), action], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "PWNED").exists()
+    comments = [line for line in script.read_text().splitlines() if line.startswith("#")]
+    assert "# lab: titlex\\ntouch PWNED\\n#" in comments

@@ -7,6 +7,7 @@ returns a validated Topology. Every failure is an InputError of one line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional
@@ -67,9 +68,25 @@ def parse_overrides(assignments: Iterable[str]) -> Dict[str, str]:
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         if not sep or not key:
-            raise InputError(f"{assignment!r} is not key=value", None, "--set")
+            raise InputError(f"{shown(assignment)} is not key=value", None, "--set")
+        if CONTROL.search(assignment):
+            raise InputError(f"{shown(assignment)} has a control character, which no field may hold", None, "--set")
         overrides[key] = value
     return overrides
+
+
+# C0 (newline, carriage return, tab, NUL, ESC, ...), DEL and C1: in no text of a lab. They could end a
+# comment of an exported script, or make a terminal show another command than the one that runs.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_BYTES = 64 << 20  # a topology file's size: a star lab of 5000 namespaces is a few MB
+MAX_DEPTH = 64  # nesting of mappings and sequences; a lab needs four
+MAX_ALIASES = 100  # YAML aliases (*name); each resolves to the one value of its anchor, never a copy
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """TEXT quoted for a message: control characters escaped, long text cut."""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return repr(text)
 
 
 def load(target: str, params: Optional[Mapping[str, str]] = None, sandbox: bool = False):
@@ -97,15 +114,24 @@ def load(target: str, params: Optional[Mapping[str, str]] = None, sandbox: bool 
 
 def read_yaml(text: str, label: str):
     """TEXT as plain data (YAML's safe subset); a key given twice is an error, as is a key
-    that is not a plain word. libyaml parses when it is there (a large lab in a blink)."""
+    that is not a plain word, a control character in any text, and a file built to hurt
+    (too large, too deep, too many aliases: refused before it is built). libyaml parses
+    when it is there (a large lab in a blink)."""
     import yaml
 
+    if len(text) > MAX_BYTES:
+        raise InputError(f"{len(text)} bytes is more than a topology file may hold ({MAX_BYTES})", label)
     try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
-            node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        except yaml.YAMLError:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)  # the same error, in PyYAML's own words
-        return None if node is None else _construct(node, label, yaml.constructor.SafeConstructor())
+            _prescan(yaml.parse(text, Loader=loader), label)
+            node = yaml.compose(text, Loader=loader)
+        except yaml.YAMLError as error:  # the same error again, in PyYAML's own words
+            if "maximum nesting depth" in str(error):  # libyaml's own bound, far above ours
+                raise InputError(f"nested deeper than {MAX_DEPTH} levels; a lab needs four", label) from None
+            _prescan(yaml.parse(text, Loader=yaml.SafeLoader), label)
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return None if node is None else _construct(node, label, yaml.constructor.SafeConstructor(), "", {})
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
@@ -116,24 +142,54 @@ def read_yaml(text: str, label: str):
 _STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 
 
-def _construct(node, label: str, scalars):
-    """Python data from a composed YAML node: mappings to dicts (keys checked), sequences
-    to lists, scalars by their resolved tag (SCALARS, a SafeConstructor, does the rare ones)."""
+def _prescan(events, label: str) -> None:
+    """Refuse, from the parser's flat stream of events and before anything is built, a
+    document nested deeper than MAX_DEPTH or with more than MAX_ALIASES aliases."""
     import yaml
 
+    depth = aliases = 0
+    for event in events:
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise InputError(f"line {event.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels; "
+                                 "a lab needs four", label)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise InputError(f"line {event.start_mark.line + 1}: more than {MAX_ALIASES} aliases", label)
+
+
+def _construct(node, label: str, scalars, path: str, built: dict):
+    """Python data from a composed YAML node at PATH: mappings to dicts (keys checked),
+    sequences to lists, scalars by their resolved tag (SCALARS, a SafeConstructor, does the
+    rare ones). An alias is its anchor's node again: BUILT (by node) gives it the value
+    already made, so nested aliases cost nothing, as in PyYAML's own constructor."""
+    import yaml
+
+    if id(node) in built:
+        return built[id(node)]
     if node.tag not in (_MAP, _SEQ, _STR):
         return scalars.construct_object(node)  # refuses what the safe subset does not know
     if isinstance(node, yaml.MappingNode):
-        data = {}
+        data = built[id(node)] = {}
         for key_node, value_node in node.value:
-            key = _construct(key_node, label, scalars)
+            key = _construct(key_node, label, scalars, path, built)
             line = key_node.start_mark.line + 1
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise InputError(f"line {line}: a key must be a plain word, not {type(key).__name__}", label)
             if key in data:
-                raise InputError(f"line {line}: key {key!r} appears twice", label)
-            data[key] = _construct(value_node, label, scalars)
+                raise InputError(f"line {line}: key {shown(str(key))} appears twice", label)
+            data[key] = _construct(value_node, label, scalars, f"{path}.{key}" if path else str(key), built)
         return data
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, label, scalars) for item in node.value]
+        data = built[id(node)] = []
+        data.extend(_construct(item, label, scalars, f"{path}[{i + 1}]", built) for i, item in enumerate(node.value))
+        return data
+    if CONTROL.search(node.value):
+        where = f"{path}: " if path else ""
+        raise InputError(f"line {node.start_mark.line + 1}: {where}{shown(node.value)} has a control character "
+                         f"(U+{ord(CONTROL.search(node.value).group()):04X}), which no field may hold", label)
     return node.value

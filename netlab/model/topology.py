@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Union
 
@@ -164,13 +165,18 @@ class Topology:
 
 
 # ---------------------------------------------------------- value parsers
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80  # a value in a message: enough to see it, never a whole file
+_shown = _REPR.repr
+
+
 class _Bad(ValueError):
     """A value that does not parse; the message says why."""
 
 
 def _text(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _Bad(f"{value!r} is not a string")
+        raise _Bad(f"{_shown(value)} is not a string")
     return str(value)
 
 
@@ -178,7 +184,7 @@ def _named(pattern: re.Pattern, what: str, limit: int) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _text(value)
         if not pattern.fullmatch(text) or text in (".", ".."):
-            raise _Bad(f"{text!r} is not a valid {what} (1-{limit} {_CHARS})")
+            raise _Bad(f"{_shown(text)} is not a valid {what} (1-{limit} {_CHARS})")
         return text
 
     return parse
@@ -195,17 +201,17 @@ def ipv4_address(value: Any) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(text)
     except ValueError:
-        raise _Bad(f"{text!r} is not an IPv4 address") from None
+        raise _Bad(f"{_shown(text)} is not an IPv4 address") from None
 
 
 def ipv4_interface(value: Any) -> ipaddress.IPv4Interface:
     text = _text(value)
     if "/" not in text:
-        raise _Bad(f"{text!r} needs a prefix length, as in 192.168.0.1/24")
+        raise _Bad(f"{_shown(text)} needs a prefix length, as in 192.168.0.1/24")
     try:
         return ipaddress.IPv4Interface(text)
     except ValueError as error:
-        raise _Bad(f"{text!r} is not an IPv4 address with a prefix length ({_reason(error)})") from None
+        raise _Bad(f"{_shown(text)} is not an IPv4 address with a prefix length ({_reason(error)})") from None
 
 
 def _reason(error: ValueError) -> str:
@@ -220,7 +226,7 @@ def ipv4_network(value: Any) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(text)
     except ValueError as error:
         reason = "has host bits set" if "host bits" in str(error) else "is not an IPv4 network"
-        raise _Bad(f"{text!r} {reason}") from None
+        raise _Bad(f"{_shown(text)} {reason}") from None
 
 
 def route_destination(value: Any) -> Union[str, ipaddress.IPv4Network]:
@@ -230,13 +236,13 @@ def route_destination(value: Any) -> Union[str, ipaddress.IPv4Network]:
 def port(value: Any) -> int:
     text = _text(value)
     if not _DIGITS_RE.fullmatch(text) or not 1 <= int(text) <= 65535:
-        raise _Bad(f"{text!r} is not a port (1-65535)")
+        raise _Bad(f"{_shown(text)} is not a port (1-65535)")
     return int(text)
 
 
 def flag(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _Bad(f"{value!r} is not true or false")
+        raise _Bad(f"{_shown(value)} is not true or false")
     return value
 
 
@@ -244,7 +250,7 @@ def one_of(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _text(value)
         if text not in choices:
-            raise _Bad(f"{text!r} is not one of: {', '.join(choices)}")
+            raise _Bad(f"{_shown(text)} is not one of: {', '.join(choices)}")
         return text
 
     return parse
@@ -253,14 +259,14 @@ def one_of(*choices: str) -> Callable[[Any], str]:
 def sysctl_key(value: Any) -> str:
     text = _text(value)
     if not _SYSCTL_KEY_RE.fullmatch(text):
-        raise _Bad(f"{text!r} is not a network sysctl key (net.*)")
+        raise _Bad(f"{_shown(text)} is not a network sysctl key (net.*)")
     return text
 
 
 def sysctl_value(value: Any) -> str:
     text = _text(value)
     if not _SYSCTL_VALUE_RE.fullmatch(text):
-        raise _Bad(f"{text!r} is not a sysctl value (letters, digits, spaces, '_.:-')")
+        raise _Bad(f"{_shown(text)} is not a sysctl value (letters, digits, spaces, '_.:-')")
     return text
 
 
@@ -359,17 +365,23 @@ _TOP_KEYS = ("name", "title", "document", "params", "steps", "checks")
 
 
 # ---------------------------------------------------------------- parsing
+def _shown_key(key) -> str:
+    """An unknown KEY as a message names it: as it is when it is a plain word, else quoted and cut."""
+    text = str(key)
+    return text if re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", text) else repr(text[:40] + ("..." if len(text) > 40 else ""))
+
+
 def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] = None) -> Topology:
     """Validate the plain data of a topology file; `overrides` are --set values."""
 
     def fail(where: str, message: str) -> InputError:
         return InputError(message, source, where)
 
-    if not isinstance(data, dict):
-        raise fail("", "a topology file holds a mapping (name, title, params, steps, checks)")
+    if not isinstance(data, dict) or not set(data) & set(_TOP_KEYS):  # not a lab: quote none of it
+        raise fail("", "not a topology file (one holds a mapping: name, title, params, steps, checks)")
     for key in data:
         if key not in _TOP_KEYS:
-            raise fail(str(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+            raise fail(_shown_key(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
     for key in ("name", "steps"):
         if key not in data:
             raise fail(key, "is required")
@@ -524,19 +536,19 @@ class _World:
 
     def side(self, fail, field_path: str, netns: Optional[str]) -> Dict[str, str]:
         if netns is not None and netns not in self.namespaces:
-            raise fail(field_path, f"{netns!r} is not a namespace created by an earlier step")
+            raise fail(field_path, f"{_shown(netns)} is not a namespace created by an earlier step")
         return self.links[netns]
 
     def link(self, fail, where: str, netns: Optional[str], name: str, key: str) -> str:
         links = self.side(fail, f"{where}.netns", netns)
         if name not in links:
-            side = f"namespace {netns!r}" if netns else "the host"
-            raise fail(f"{where}.{key}", f"{name!r} is not a link in {side} at this step")
+            side = f"namespace {_shown(netns)}" if netns else "the host"
+            raise fail(f"{where}.{key}", f"{_shown(name)} is not a link in {side} at this step")
         return links[name]
 
     def once(self, fail, where: str, field_path: str, what: tuple, value) -> None:
         if what in self.seen:
-            raise fail(field_path, f"{value!r} again: {self.seen[what]} already has it on that side")
+            raise fail(field_path, f"{_shown(value)} again: {self.seen[what]} already has it on that side")
         self.seen[what] = where
 
 
@@ -547,34 +559,34 @@ def _check_references(fail, topology: Topology) -> None:
         links = world.side(fail, f"{where}.netns", item.netns)
         if isinstance(item, Netns):
             if item.name in world.namespaces:
-                raise fail(f"{where}.netns", f"{item.name!r} is created twice")
+                raise fail(f"{where}.netns", f"{_shown(item.name)} is created twice")
             world.namespaces.add(item.name)
             world.links[item.name] = {"lo": "loopback"}
             world.addresses[item.name] = []
         elif isinstance(item, (Bridge, Veth)):
             key = item.kind
             if item.name in links:
-                raise fail(f"{where}.{key}", f"{item.name!r} already exists on that side")
+                raise fail(f"{where}.{key}", f"{_shown(item.name)} already exists on that side")
             links[item.name] = item.kind
             if isinstance(item, Veth):
                 peer_links = world.side(fail, f"{where}.peer_netns", item.peer_netns)
                 if item.peer in peer_links or (item.peer == item.name and item.peer_netns == item.netns):
-                    raise fail(f"{where}.peer", f"{item.peer!r} already exists on that side")
+                    raise fail(f"{where}.peer", f"{_shown(item.peer)} already exists on that side")
                 peer_links[item.peer] = "veth"
         elif isinstance(item, Link):
             kind = world.link(fail, where, item.netns, item.name, "link")
             if item.move_to is not None:
                 target = world.side(fail, f"{where}.move_to", item.move_to)
                 if item.move_to == item.netns or kind in ("loopback", "bridge"):
-                    raise fail(f"{where}.move_to", f"cannot move {kind} {item.name!r} to {item.move_to!r}")
+                    raise fail(f"{where}.move_to", f"cannot move {kind} {_shown(item.name)} to {_shown(item.move_to)}")
                 if item.name in target:
-                    raise fail(f"{where}.move_to", f"{item.move_to!r} already has a link {item.name!r}")
+                    raise fail(f"{where}.move_to", f"{_shown(item.move_to)} already has a link {_shown(item.name)}")
                 target[item.name] = links.pop(item.name)
             elif item.master is not None:
                 if world.link(fail, where, item.netns, item.master, "master") != "bridge":
-                    raise fail(f"{where}.master", f"{item.master!r} is not a bridge")
+                    raise fail(f"{where}.master", f"{_shown(item.master)} is not a bridge")
                 if kind != "veth":
-                    raise fail(f"{where}.link", f"only a veth end can join a bridge, not {kind} {item.name!r}")
+                    raise fail(f"{where}.link", f"only a veth end can join a bridge, not {kind} {_shown(item.name)}")
         elif isinstance(item, Address):
             world.link(fail, where, item.netns, item.dev, "dev")
             world.once(fail, where, f"{where}.address", ("address", item.netns, item.address.ip), str(item.address))
@@ -585,18 +597,18 @@ def _check_references(fail, topology: Topology) -> None:
             if item.via is not None and not any(
                 item.via in net.network for net in world.addresses[item.netns]
             ):
-                side = f"namespace {item.netns!r}" if item.netns else "the host"
+                side = f"namespace {_shown(item.netns)}" if item.netns else "the host"
                 raise fail(f"{where}.via", f"gateway {item.via} is not on a subnet {side} has an address in")
             world.once(fail, where, f"{where}.route", ("route", item.netns, str(item.destination)), str(item.destination))
         elif isinstance(item, Show):
             pass
         elif isinstance(item, Service):
             if item.address != ANY_ADDRESS and not any(item.address == a.ip for a in world.addresses[item.netns]):
-                side = f"namespace {item.netns!r}" if item.netns else "the host"
+                side = f"namespace {_shown(item.netns)}" if item.netns else "the host"
                 raise fail(f"{where}.address", f"{item.address} is not an address {side} has at this step "
                                                "(0.0.0.0, or one an earlier address step gives it)")
             if ("service", item.name) in world.seen:
-                raise fail(f"{where}.service", f"{item.name!r} again: {world.seen['service', item.name]} "
+                raise fail(f"{where}.service", f"{_shown(item.name)} again: {world.seen['service', item.name]} "
                                                "already is a service of that name")
             world.seen["service", item.name] = where
             for key, other in world.seen.items():  # one listener per address and port; 0.0.0.0 is all of them
@@ -614,4 +626,4 @@ def _check_references(fail, topology: Topology) -> None:
                        str(getattr(item, attribute)))
     for i, check in enumerate(topology.checks):
         if check.source not in (HOST, INTERNET) and check.source not in world.namespaces:
-            raise fail(f"checks[{i}].from", f"{check.source!r} is not host, internet or a namespace of the lab")
+            raise fail(f"checks[{i}].from", f"{_shown(check.source)} is not host, internet or a namespace of the lab")
