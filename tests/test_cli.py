@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -128,6 +129,25 @@ def test_export_writes_an_executable_script(capsys, tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
     assert target.read_text().startswith("#!/usr/bin/env bash\n")
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left
+
+
+def test_export_never_writes_through_a_planted_symlink(capsys, tmp_path):
+    """The temporary file is made with O_EXCL under a name nobody can guess, then renamed: a
+    symlink planted at the old fixed temporary name, or at the target itself, changes nothing
+    but the target's own directory entry."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for pid in range(os.getpid() - 5, os.getpid() + 5):  # the names the old writer used
+        (out_dir / f".lab.sh.{pid}.tmp").symlink_to(victim)
+    target = out_dir / "lab.sh"
+    target.symlink_to(victim)
+    code, _, err = run(capsys, "export", "egress-ingress", "--sandbox", "-o", str(target))
+    assert code == 0, err
+    assert victim.read_text() == "precious\n"
+    assert not target.is_symlink() and target.read_text().startswith("#!/usr/bin/env bash\n")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
 
 
 def test_export_to_stdout_is_the_script(capsys):

@@ -13,6 +13,7 @@ its last process ends.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 
 import netlab
 from conftest import namespaces, netns_inode, pids_in_netns, serve_processes, sh, wait_stopped
-from kernel import changes
+from kernel import changes, settled
 from kernel import snapshot as kernel_snapshot
 from test_golden import LABS
 
@@ -283,14 +284,24 @@ def test_failed_step_rolls_back_and_spares_what_was_there(lab_factory, sandbox_p
     assert not lab.journal.exists()
 
 
-def test_down_without_a_record_undoes_what_is_in_effect(lab_factory):
+def test_down_without_a_record_lists_and_refuses_unless_forced(lab_factory):
+    """With no record (another NETLAB_STATE_DIR, /run cleared) down cannot tell the lab's objects
+    from the host's own: it lists what --force would undo and changes nothing; --force undoes it."""
     lab = lab_factory("bridge-3ns")
     before = snapshot(lab)
     lab.ok("up")
+    up = settled(snapshot(lab))
     lab.journal.unlink()
-    out = lab.ok("down")
-    assert out.startswith("no record of an up")
+    refused = lab.run("down")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "no record of an up of" in refused.stderr and "bash " in refused.stderr and "down --force" in refused.stderr
+    listed = [line for line in refused.stderr.splitlines() if re.match(rf"{lab.script.name}:\s+step \d+: ", line)]
+    assert len(listed) == sum(1 for step in lab.plan.steps if step.undo and step.probe)
+    assert settled(snapshot(lab)) == up, "down without a record changed something"
+    out = lab.ok("down", "--force")
+    assert out.startswith("no record of an up") and out.rstrip().endswith("is down")
     assert changes(before, snapshot(lab)) == []
+    assert "nothing to do" in lab.ok("down")
 
 
 def test_sysctl_is_put_back_to_its_previous_value(lab_factory):
@@ -373,14 +384,14 @@ def _check_command(check) -> str:
 def test_without_a_sandbox_the_script_stands_alone_on_a_machine_of_its_own(tmp_path, name):
     """The script as a user runs it on a server: no sandbox, no netlab; up, the lab's checks,
     down, and then the machine is as it was (links, addresses, routes, rules, namespaces,
-    processes)."""
+    processes other than this driver's own)."""
     declared = dict(netlab.load(name).params)
     plan = netlab.make_plan(name, params={key: value for key, value in WORLD_PARAMS.items() if key in declared})
     script = tmp_path / f"{name}.sh"
     script.write_text(netlab.export_script(plan))
     checks = plan.checks
     state = "ip -o link; ip -o -4 addr; ip -4 route show table all; iptables-save | grep -v '^#' | sed 's/\\[[0-9:]*\\]$//'; " \
-            "ip netns list; sysctl -n net.ipv4.ip_forward; ps -e -o comm= | sort"
+            "ip netns list; sysctl -n net.ipv4.ip_forward; { ps -e -o comm= | grep -vxE 'bash|ps|grep|sort' || true; } | sort"
     body = WORLD + "\n".join([
         f"before=$({state})",
         f"bash {script} up >/dev/null",

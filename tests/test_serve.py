@@ -307,6 +307,6 @@ def test_exported_script_stops_before_anything_when_python3_is_missing(sandbox_p
                             timeout=60)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr == "netlab: python3 is not installed (needed: ip python3 ss)\n"
+    assert result.stderr == "lab.sh: python3 is not installed (needed: ip python3 ss)\n"
     assert not [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-")]
     assert not (tmp_path / "state").exists()

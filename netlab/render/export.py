@@ -139,16 +139,23 @@ def export_script(plan: Plan) -> str:
 
 
 def write_script(path: Path, text: str) -> None:
-    """Write the script at PATH, mode 0755, all or nothing: a temporary file beside PATH, renamed over it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write the script at PATH, mode 0755, all or nothing: a temporary file made beside PATH
+    with O_EXCL (mkstemp: never through a planted symlink or into someone's file), then
+    renamed over PATH."""
+    import tempfile
+
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as error:
+        raise InputError(f"cannot write: {error.strerror or error}", str(path), "--output") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(temporary, 0o755)
+            os.fchmod(handle.fileno(), 0o755)
         os.replace(temporary, path)
     except OSError as error:
         try:
-            temporary.unlink()
+            os.unlink(temporary)
         except OSError:
             pass
         raise InputError(f"cannot write: {error.strerror or error}", str(path), "--output") from None
