@@ -407,15 +407,17 @@ def _acts_on(argv: Sequence[str]) -> Optional[str]:
 
 def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[int]] = None) -> Teardown:
     """Plan the undo of TO_UNDO (step indexes, in the order to undo them) of the lab whose
-    steps are STEPS. A veth goes with a deleted namespace only if it surely has an end
-    there: made there, or moved there by a step that is DONE (default: all of them);
-    otherwise it is undone on its own, by its probe."""
+    steps are STEPS. A veth goes with a deleted namespace only if the lab made it (its
+    step is DONE; default: all of them) and it surely has an end there: made there, or
+    moved there by a done step; otherwise it is undone on its own, by its probe, as the
+    step-by-step way undoes everything. A link of that name the lab found was the host's:
+    nothing of it goes with the lab's namespaces."""
     plan = Teardown()
     deleted = {created_netns(steps[index]): index for index in to_undo if created_netns(steps[index])}
     plan.delete = list(deleted.values())
     home: Dict[Tuple[Optional[str], str], Optional[str]] = {}  # where each veth end surely is
     for step in sorted(steps.values(), key=lambda step: step.index):
-        veth = _veth(step.argv)
+        veth = _veth(step.argv) if done is None or step.index in done else None
         if veth:
             home[(step.netns, veth[0])] = step.netns
             home[(step.netns, veth[1])] = veth[2] or step.netns
@@ -426,7 +428,7 @@ def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[
     doomed: Set[Tuple[Optional[str], str]] = set()  # links outside the deleted namespaces that go with them
     dying: Set[int] = set()  # veth creations whose pair goes with a deleted namespace
     for step in steps.values():
-        veth = _veth(step.argv)
+        veth = _veth(step.argv) if done is None or step.index in done else None
         if veth:
             ends = {end: home[(step.netns, end)] for end in veth[:2]}
             if any(where in deleted for where in ends.values()):
