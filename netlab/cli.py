@@ -484,6 +484,10 @@ def serve_command(
     stop: bool = typer.Option(
         False, "--stop", help="Stop the netlab server listening on exactly ADDRESS:PORT (a step's undo)."
     ),
+    pid: Optional[str] = typer.Option(None, "--pid", metavar="PID:START", help=(
+        "With --stop: stop exactly the server process PID whose start time is START (as --background "
+        "printed it), from any namespace, if it still is netlab's server on ADDRESS:PORT; never another "
+        "process. How `netlab down` stops a lab's server.")),
 ):
     """Run the documents' hello-world HTTP server on ADDRESS:PORT, in the current namespace.
 
@@ -491,9 +495,10 @@ def serve_command(
     3000 does, and logs nothing. A lab's `service` step runs `netlab serve
     --background ADDRESS PORT` in its namespace; `--background` binds first, so
     a bad address fails here (exit 1, one line), and returns once the port
-    listens. `--stop` ends the netlab servers listening on exactly ADDRESS:PORT
-    (SIGTERM, then SIGKILL after 3 s) and never another program's; nothing
-    listening there is success. Without either, it serves in the foreground
+    listens, and prints its pid and start time. `--stop` ends the netlab servers
+    listening on exactly ADDRESS:PORT (SIGTERM, then SIGKILL after 3 s) and never
+    another program's; nothing listening there is success. `--stop --pid PID:START`
+    ends exactly that server, from any namespace. Without either, it serves in the foreground
     until Ctrl-C.
 
     Example: sudo ip netns exec ns0 netlab serve --background 192.168.0.2 3000
@@ -512,10 +517,19 @@ def serve_command(
         raise InputError(str(error), None, "PORT") from None
     if background and stop:
         raise InputError("--background and --stop exclude each other")
+    exact = None
+    if pid is not None:
+        process, _, started = pid.partition(":")
+        if not stop or not process.isdigit() or not started.isdigit():
+            raise InputError(f"{pid!r} is not PID:START (and --pid goes with --stop)", None, "--pid")
+        exact = int(process), started
     where = f"{address}:{number}"
     if stop or background:
         try:
-            out, err = (serve.stop_report if stop else serve.start_report)(address, number)
+            if exact:
+                out, err = serve.stop_pid_report(address, number, *exact)
+            else:
+                out, err = (serve.stop_report if stop else serve.start_report)(address, number)
         except serve.ServeError as error:
             raise NetlabError(str(error)) from None
         for line in err:

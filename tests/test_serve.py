@@ -112,9 +112,46 @@ def test_two_services_may_not_share_a_name_or_a_listening_address():
     (["python3", "-m", "netlab", "up", "serve"], False),
     (["nc", "-l", "192.168.0.2", "3000"], False),
     ([], False),
+    (["python3", "-", "netlab", "serve", "--background", "192.168.0.2", "3000"], True),  # shipped over ssh
+    (["python3", "-", "--background", "192.168.0.2", "3000", "--record", "/run/netlab/x.script", "30"], True),
+    # the words `netlab serve` in another program's command line do not make it netlab's server
+    (["python3", "/home/me/tool.py", "netlab", "serve", "192.168.0.2", "3000"], False),
+    (["bash", "-c", "netlab serve 192.168.0.2 3000"], False),
+    (["/usr/bin/netlab", "serve", "192.168.0.2", "3000"], False),  # not as netlab starts it: no python
+    (["python3", "-m", "netlab", "serve", "--background", "192.168.0.2", "3000", "extra"], False),
 ])
 def test_only_netlab_serve_counts_as_netlab_s_server(argv, expected):
     assert is_netlab_serve(argv) is expected
+
+
+def test_a_server_counts_only_on_its_own_address_and_port():
+    argv = ["python3", "-m", "netlab", "serve", "--background", "192.168.0.2", "3000"]
+    assert is_netlab_serve(argv, "192.168.0.2", 3000)
+    assert not is_netlab_serve(argv, "192.168.0.2", 3001) and not is_netlab_serve(argv, "192.168.0.3", 3000)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", ["batched", "step-by-step"])
+def test_a_service_dies_with_its_lab_even_when_its_namespace_was_deleted_by_hand(sandbox_prefix, tmp_path, mode):
+    """The journal records the server's pid and start time; down stops exactly that process,
+    from the root namespace, although `ip netns del` left it running in an orphaned namespace."""
+    env = {**os.environ, "NETLAB_STATE_DIR": str(tmp_path / "state")}
+    env.pop("NETLAB_TEST_PAUSE", None)
+    extra = ["--step-by-step"] if mode == "step-by-step" else []
+    run = lambda *args: subprocess.run([sys.executable, "-m", "netlab", *args, *extra], capture_output=True,  # noqa: E731
+                                       text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    up = run("up", "egress-ingress", "--sandbox", sandbox_prefix)
+    assert up.returncode == 0, up.stderr
+    journal = [json.loads(line) for line in (tmp_path / "state" / f"{sandbox_prefix}.journal").read_text().splitlines()]
+    (server,) = [record for record in journal if "server" in record]
+    pid = server["pid"]
+    assert is_netlab_serve(open(f"/proc/{pid}/cmdline").read().split("\0"), "192.168.0.2", 3000)
+    sh("ip", "netns", "del", f"{sandbox_prefix}-ns0", check=True)  # by hand: the server lives on
+    assert os.path.exists(f"/proc/{pid}")
+    down = run("down", sandbox_prefix)
+    assert down.returncode == 0, down.stderr
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] == "Z"
+    assert not [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-")]
 
 
 def test_listening_sockets_are_read_from_proc_net_tcp(tmp_path):

@@ -31,7 +31,7 @@ import socketserver
 import struct
 import sys
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 BODY = b"Hello, World! :)"
 STOP_TIMEOUT = 3.0  # seconds between SIGTERM and SIGKILL
@@ -163,11 +163,32 @@ def command_line(pid: int) -> Tuple[str, ...]:
     return tuple(word.decode(errors="replace") for word in raw.split(b"\0") if word)
 
 
-def is_netlab_serve(argv) -> bool:
-    """Whether a command line is netlab's server: `PATH/netlab serve ...` (the console
-    script) or `python -m netlab serve ...`."""
-    argv = list(argv)
-    return any(os.path.basename(word) == "netlab" and argv[i + 1:i + 2] == ["serve"] for i, word in enumerate(argv))
+def is_netlab_serve(argv, address: Optional[str] = None, port: Optional[int] = None) -> bool:
+    """Whether a command line is netlab's server, started as netlab starts it, and (when
+    given) on exactly ADDRESS:PORT: a python running `PATH/netlab serve` (the console
+    script), `-m netlab serve`, `- netlab serve` (shipped over ssh), or `- --background`
+    (an exported script's). Another program whose words merely include `netlab serve`
+    is not: the words must be the whole command line, in that order."""
+    argv = [word for word in argv if word]  # /proc/PID/cmdline split at NULs ends with an empty word
+    if len(argv) < 2 or not os.path.basename(argv[0]).startswith("python"):
+        return False
+    rest = argv[1:]
+    if rest[:2] in (["-m", "netlab"], ["-", "netlab"]) or (rest and os.path.basename(rest[0]) == "netlab"):
+        rest = rest[2:] if rest[0] in ("-m", "-") else rest[1:]
+        if rest[:1] != ["serve"]:
+            return False
+        rest = rest[1:]
+    elif rest[:1] == ["-"]:
+        rest = rest[1:]
+        if rest[-3:-2] == ["--record"]:
+            rest = rest[:-3]
+    else:
+        return False
+    if rest[:1] in (["--background"], ["--stop"]):
+        rest = rest[1:]
+    if len(rest) != 2:
+        return False
+    return address is None or (rest[0] == address and rest[1] == str(port))
 
 
 def _alive_holders(pids, address: str, port: int) -> List[int]:
@@ -182,7 +203,7 @@ def stop(address: str, port: int, timeout: float = STOP_TIMEOUT) -> Tuple[List[i
     there, left alone). Raises OSError if a server outlives SIGKILL.
     """
     pids = holders(listening_inodes(address, port))
-    ours = [pid for pid in pids if is_netlab_serve(command_line(pid))]
+    ours = [pid for pid in pids if is_netlab_serve(command_line(pid), address, port)]
     others = [pid for pid in pids if pid not in ours]
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
         pending = _alive_holders(ours, address, port)
@@ -213,7 +234,45 @@ def start_report(address: str, port: int) -> Tuple[List[str], List[str]]:
         pid = start_background(address, port)
     except OSError as error:
         raise ServeError(f"cannot listen on {where}: {error.strerror or error}") from None
-    return [f"serving http://{where}/ in the background (pid {pid})"], []
+    return [f"serving http://{where}/ in the background (pid {pid}, started {start_time(pid)})"], []
+
+
+def stop_exactly(pid: int, started: str, address: str, port: int, timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop process PID if it is still the server a lab started: the same start time (never a
+    later process that was given the pid) and netlab's server on ADDRESS:PORT. Works from any
+    namespace, also when the server's own was deleted by hand. True when it was running."""
+    def running() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:
+            return False
+        return fields[0] != "Z" and fields[19] == started
+    if not running() or not is_netlab_serve(command_line(pid), address, port):
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not running():
+            return True
+    raise OSError(f"the server pid {pid} on {address}:{port} survived SIGKILL")
+
+
+def stop_pid_report(address: str, port: int, pid: int, started: str) -> Tuple[List[str], List[str]]:
+    """`--stop --pid PID:START`: stop exactly that server; (lines for stdout, lines for stderr)."""
+    where = f"{address}:{port}"
+    try:
+        stopped = stop_exactly(pid, started, address, port)
+    except OSError as error:
+        raise ServeError(f"cannot stop the server on {where}: {error.strerror or error}") from None
+    if stopped:
+        return [f"stopped the server on {where} (pid {pid})"], []
+    return [f"the server on {where} (pid {pid}) is gone already"], []
 
 
 def stop_report(address: str, port: int) -> Tuple[List[str], List[str]]:
@@ -253,19 +312,23 @@ def record_server(path: str, index: str, pid: int) -> None:
 
 def main(argv) -> int:
     """The server as a program of its own, with no netlab installed: a remote host runs it
-    as `python3 - netlab serve --background|--stop ADDRESS PORT` (netlab.remote.ssh ships
-    this file), and an exported script as `python3 - --background ADDRESS PORT --record
+    as `python3 - netlab serve --background|--stop ADDRESS PORT [--pid PID:START]`
+    (netlab.remote.ssh ships this file), and an exported script as `python3 - --background ADDRESS PORT --record
     JOURNAL STEP` (the file is in the script, a heredoc). Prints what `netlab serve`
     prints, and exits 1 with one line on failure."""
     argv = list(argv)
-    record = None
+    record = exact = None
     if len(argv) >= 3 and argv[-3] == "--record":
         record, argv = argv[-2:], argv[:-3]
+    if len(argv) >= 2 and argv[-2] == "--pid":
+        exact, argv = argv[-1].split(":"), argv[:-2]
     mode, address, port = argv[-3], argv[-2], int(argv[-1])
     try:
         if mode == "--background" and record:
             pid = _start_recorded(address, port, *record)
             out, err = [f"serving http://{address}:{port}/ in the background (pid {pid})"], []
+        elif exact:
+            out, err = stop_pid_report(address, port, int(exact[0]), exact[1])
         else:
             out, err = (start_report if mode == "--background" else stop_report)(address, port)
     except ServeError as error:

@@ -12,6 +12,7 @@ fsynced before what it announces happens:
     {"found": N}              step N was in effect before the lab: not the lab's, never undone
     {"up": true}              every step is done
     {"to": N}                 an `up --to N` stopped after step N, as asked
+    {"server": N, "pid": P, "started": T}  step N's lab service runs as process P, started at T
     {"rollback": true}        undoing began (after a failure, or `down`)
     {"resume": PID}           a later `up` went on with an interrupted one
 
@@ -214,6 +215,12 @@ class Journal:
     @property
     def complete(self) -> bool:
         return self.has("up") and not self.has("rollback")
+
+    @property
+    def servers(self) -> Dict[int, str]:
+        """Each service step's server, as `PID:START` (what `netlab serve --stop --pid` takes)."""
+        return {record["server"]: f"{record['pid']}:{record['started']}" for record in self.records
+                if isinstance(record.get("server"), int) and "pid" in record and "started" in record}
 
     @property
     def stopped_at(self) -> Optional[int]:

@@ -296,13 +296,27 @@ def _apply_step(plan: Plan, step: Step, record: journals.Journal, executor: Exec
 
 
 def _run_started(plan: Plan, step: Step, record: journals.Journal, executor: Executor) -> None:
-    """Run a step whose `start` is recorded, and record how it ended."""
+    """Run a step whose `start` is recorded, and record how it ended (and, for a lab service,
+    which process serves: `down` stops exactly it)."""
     result = executor.run_step(step)
     if not result.ok:
         if result.code != TIMED_OUT:  # a step that timed out may have taken effect: its probe decides
             record.append(failed=step.index)  # what it ran into was not the lab's: never undone
         raise _step_failed(plan, step, result)
+    server = _SERVER.search(result.stdout) if step.argv[:3] == _SERVICE else None
+    if server:
+        record.append(server=step.index, pid=int(server.group(1)), started=server.group(2))
     record.append(done=step.index)
+
+
+_SERVICE = ("netlab", "serve", "--background")
+_SERVER = re.compile(r"\(pid (\d+), started (\d+)\)")  # what `netlab serve --background` prints
+
+
+def _stop_server(step: Step, server: str, executor: Executor) -> Result:
+    """Stop exactly the process SERVER (`PID:START`) that STEP started, from the host's root
+    namespace: also when the step's namespace was deleted by hand and the server lives on."""
+    return executor.run(("netlab", "serve", "--stop", *step.argv[3:5], "--pid", server))
 
 
 # ---------------------------------------------------------------- up, in batches
@@ -460,6 +474,7 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
     total = len(steps)
     saved = record.saved
     done = record.done
+    servers = record.servers
     undone = gone = failures = 0
     for index in record.to_undo() if only is None else only:
         if signals is not None:
@@ -468,18 +483,22 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
         step = steps[index]
         if step.undo is None:
             continue
-        if executor.in_effect(step) is False:
+        if index in servers:  # that very process, wherever it runs now
+            reporter.step(step, total, "undo")
+            result = _stop_server(step, servers[index], executor)
+        elif executor.in_effect(step) is False:
             gone += 1
             if step.save and index in done:
                 reporter.warn(f"step {index}: {step.probe.argv[-1]} no longer holds the lab's value "
                               f"({step.probe.value}); left as it is")
             continue
-        if step.save and index not in saved:
+        elif step.save and index not in saved:
             reporter.warn(f"step {index}: no recorded previous value; left as it is: {step.command}")
             continue
-        reporter.step(step, total, "undo")
-        result = executor.undo(step, saved.get(index))
-        if result.ok or executor.in_effect(step) is False:
+        else:
+            reporter.step(step, total, "undo")
+            result = executor.undo(step, saved.get(index))
+        if result.ok or (index not in servers and executor.in_effect(step) is False):
             undone += 1
             continue
         failures += 1
