@@ -204,3 +204,43 @@ def test_a_file_size_limit_during_up_rolls_back_and_down_can_read_what_is_left(s
         down = netlab(state, "down", sandbox_prefix)
         assert down.returncode == 0, down.stderr
     assert changes(before, snapshot(sandbox_prefix)) == []
+
+
+# ------------------------------------------------------------ the same on a remote host
+def _remote_sh(script: str, *args: str):
+    """A remote store's shell script as the remote host runs it (`sh -c SCRIPT sh ARGS`)."""
+    return subprocess.run(["sh", "-c", script, "sh", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_a_remote_store_trusts_its_files_as_the_local_one_does(tmp_path):
+    """The remote state directory and journals go through the same refusals, in POSIX shell:
+    exit 2 (InputError on the netlab side), one line, nothing chmodded or read."""
+    from netlab.remote import state as remote
+
+    directory = tmp_path / "remote-state"
+    directory.mkdir(mode=0o700)
+    assert _remote_sh(remote._STATE_DIR, str(directory), "create").stdout.strip() == str(directory)
+    os.chmod(directory, 0o777)
+    said = _remote_sh(remote._STATE_DIR, str(directory), "create")
+    assert said.returncode == 2 and said.stderr == f"{directory} is writable by group or others (mode 777); {FIX}\n"
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o777, "chmodded before it was checked"
+    os.chmod(directory, 0o700)
+    os.chown(directory, NOBODY, NOBODY)
+    said = _remote_sh(remote._STATE_DIR, str(directory), "")
+    assert said.returncode == 2 and f"{directory} belongs to another user (uid {NOBODY})" in said.stderr
+    os.chown(directory, 0, 0)
+
+    journal = directory / "box1.journal"
+    (tmp_path / "elsewhere").write_text('{"netlab_journal": 1}\n')
+    journal.symlink_to(tmp_path / "elsewhere")
+    for script in (remote._READ, remote._LIST):
+        said = _remote_sh(script, str(journal) if script is remote._READ else str(directory))
+        assert said.returncode == 2 and said.stderr == f"{journal} is a symlink; {FIX}\n" and said.stdout == ""
+    journal.unlink()
+    journal.write_text('{"netlab_journal": 1}\n')
+    os.chmod(journal, 0o620)
+    said = _remote_sh(remote._READ, str(journal))
+    assert said.returncode == 2 and said.stderr == f"{journal} is writable by group or others (mode 620); {FIX}\n"
+    os.chmod(journal, 0o600)
+    assert _remote_sh(remote._READ, str(journal)).stdout == '{"netlab_journal": 1}\n'
+    assert _remote_sh(remote._READ, str(directory / "none.journal")).returncode == 3  # no journal: not up

@@ -10,6 +10,10 @@ command run through the executor (plus readlink): no Python is needed there.
   A record is appended with `cat >>`, written before what it announces runs.
   The remote side does not fsync: /run is a tmpfs, which a reboot empties
   along with the lab (and a journal from another boot is dropped anyway).
+- The state directory and each journal are trusted only when nobody else
+  could have written them (the running user's, not group- or other-writable,
+  not a symlink), checked with `stat` before anything reads or chmods them,
+  as the local store does; anything else is refused (exit 2, one line).
 - The lock NAME.lock is a symlink to the pid of a remote shell that lives as
   long as the connection of its holder (RemoteExecutor.holder, which also
   ends 30 s after the holder's heartbeats stop): `ln -s` makes it
@@ -29,12 +33,29 @@ from netlab.errors import ConnectionLost, InputError, NetlabError
 from netlab.run.journal import SUFFIX, Journal, header_text, stamped
 from netlab.run.store import LabBusy, Store
 
-_STATE_DIR = r'''
+# trusted PATH KIND: exit 2, saying why, unless PATH is KIND (d: a directory, f: a regular
+# file), the running user's, and writable by nobody else; as netlab.run.store.trust() here.
+_TRUSTED = r'''
+trusted() {
+  why=
+  if [ -L "$1" ]; then why="is a symlink"
+  elif [ "$2" = d ] && [ ! -d "$1" ]; then why="is not a directory"
+  elif [ "$2" = f ] && [ ! -f "$1" ]; then why="is not a regular file"
+  else
+    o=$(stat -c %u "$1") && m=$(stat -c %a "$1") || exit 2
+    if [ "$o" != "$(id -u)" ]; then why="belongs to another user (uid $o)"
+    else case $m in *[2367]? | *[2367]) why="is writable by group or others (mode $m)" ;; esac
+    fi
+  fi
+  [ -z "$why" ] && return 0
+  echo "$1 $why; refusing to use it (remove it, or set NETLAB_STATE_DIR to a directory of your own)" >&2
+  exit 2
+}
+'''
+_STATE_DIR = _TRUSTED + r'''
 d=${1:-${NETLAB_STATE_DIR:-/run/netlab}}
-if [ -L "$d" ]; then echo "$d is a symlink; refusing to keep journals there" >&2; exit 3; fi
-if [ ! -e "$d" ] && [ "$2" = create ]; then (umask 077 && mkdir -p "$d") || exit 3; fi
-if [ -e "$d" ] && [ ! -d "$d" ]; then echo "$d is not a directory" >&2; exit 3; fi
-if [ -d "$d" ]; then chmod 700 "$d" || exit 3; fi
+if [ ! -e "$d" ] && [ ! -L "$d" ] && [ "$2" = create ]; then (umask 077 && mkdir -p "$d") || exit 3; fi
+if [ -e "$d" ] || [ -L "$d" ]; then trusted "$d" d; chmod 700 "$d" || exit 3; fi
 printf '%s\n' "$d"
 '''
 _LOCK = r'''
@@ -61,7 +82,7 @@ echo "cannot take $l" >&2; exit 4
 '''
 _UNLOCK = r'''[ "$(readlink "$1/$2.lock" 2>/dev/null)" = "$3" ] && rm -f "$1/$2.lock"; exit 0'''
 _HELD = r'''p=$(readlink "$1/$2.lock" 2>/dev/null) && kill -0 "$p" 2>/dev/null'''
-_READ = r'''[ -f "$1" ] || exit 3; cat "$1"'''
+_READ = _TRUSTED + r'''[ -e "$1" ] || [ -L "$1" ] || exit 3; trusted "$1" f; cat "$1"'''
 _CREATE = r'''
 t=$(dirname "$1")/.$(basename "$1").$$.tmp
 umask 077
@@ -70,9 +91,10 @@ r=$?; rm -f "$t"; exit $r
 '''
 _APPEND = r'''cat >> "$1"'''
 _REMOVE = r'''rm -f "$1"'''
-_LIST = r'''
+_LIST = _TRUSTED + r'''
 for f in "$1"/*.journal; do
-  [ -f "$f" ] || continue
+  [ -e "$f" ] || [ -L "$f" ] || continue
+  trusted "$f" f
   printf '\036%s\n' "$f"; cat "$f"; echo
 done
 '''
@@ -85,6 +107,8 @@ class RemoteStore(Store):
         self.executor = executor
         self.where = f" on {executor.remote.label}"
         said = self._sh(_STATE_DIR, str(directory or ""), "create" if create else "")
+        if said.code == 2:
+            raise InputError(said.stderr.strip() + self.where, None, "NETLAB_STATE_DIR")
         if not said.ok:
             raise InputError(said.stderr.strip() or f"cannot make the state directory{self.where}", None,
                              "NETLAB_STATE_DIR")
@@ -111,6 +135,8 @@ class RemoteStore(Store):
         said = self._sh(_READ, str(path))
         if said.code == 3:
             return None
+        if said.code == 2:
+            raise InputError(said.stderr.strip() + self.where)
         if not said.ok:
             raise NetlabError(f"cannot read the journal {path}{self.where}: {said.stderr.strip()}")
         return RemoteJournal.parse_remote(self, path, said.stdout)
@@ -140,6 +166,8 @@ class RemoteStore(Store):
     def all(self) -> List[Journal]:
         """Every journal in the remote state directory, by name; unreadable ones are skipped."""
         said = self._sh(_LIST, str(self.directory))
+        if said.code == 2:  # a journal someone else could have written is said, never skipped
+            raise InputError(said.stderr.strip().splitlines()[-1] + self.where)
         if not said.ok:
             raise NetlabError(f"cannot list the journals in {self.directory}{self.where}: {said.stderr.strip()}")
         journals = []
