@@ -570,6 +570,7 @@ def normalize_sandbox(args: List[str]) -> List[str]:
 
     out = []
     i = 0
+    _SANDBOX_WORDS.clear()
     while i < len(args):
         word = args[i]
         if word == "--":
@@ -581,11 +582,28 @@ def normalize_sandbox(args: List[str]) -> List[str]:
                 out.append("--sandbox=")
             else:
                 out.append(f"--sandbox={following}")
+                _SANDBOX_WORDS.append(following)
                 i += 1
         else:
             out.append(word)
         i += 1
     return out
+
+
+_SANDBOX_WORDS: List[str] = []  # the words normalize_sandbox took for a PREFIX: maybe a TARGET mistyped
+
+
+def _missing_target(error) -> Optional[str]:
+    """When TARGET is missing and a word after --sandbox was taken for its PREFIX, that word
+    was most likely the lab, mistyped or missing: say so, as for any unknown lab."""
+    if not _SANDBOX_WORDS or "Missing argument 'TARGET'" not in error.format_message():
+        return None
+    from netlab.model.source import not_found
+
+    word = _SANDBOX_WORDS[-1]
+    message = not_found(word)
+    looks_like_a_file = "/" in word or word.endswith((".yaml", ".yml"))
+    return message if looks_like_a_file or "did you mean" in message else None
 
 
 def _click_exceptions():
@@ -600,6 +618,9 @@ def _click_exceptions():
 def main(argv: Optional[List[str]] = None) -> None:
     click = _click_exceptions()
     args = normalize_sandbox(list(sys.argv[1:] if argv is None else argv))
+    if not args:  # the whole help, readable; no command is a usage error
+        app(args=["--help"], prog_name="netlab", standalone_mode=False)
+        sys.exit(EXIT_BAD_INPUT)
     usage_error = click.UsageError
     click_error = click.ClickException
     abort = getattr(click, "Abort", KeyboardInterrupt)
@@ -612,6 +633,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     except NetlabError as error:
         _fail(error.exit_code, str(error))
     except usage_error as error:
+        mistyped = _missing_target(error)
+        if mistyped:
+            _fail(EXIT_BAD_INPUT, mistyped)
         hint = f" (see: netlab {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else " (see: netlab --help)"
         _fail(EXIT_BAD_INPUT, error.format_message().replace("\n", " ") + hint)
     except click_error as error:

@@ -177,3 +177,39 @@ def test_plan_piped_into_head_is_quiet():
         f"{sys.executable} -m netlab plan bridge-3ns | head -1", shell=True, capture_output=True, text=True,
     )
     assert result.stdout.startswith("# bridge-3ns") and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------ messages that point at the real mistake
+def test_netlab_alone_prints_the_whole_help_and_exits_2():
+    result = subprocess.run([sys.executable, "-m", "netlab"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stdout.startswith("Usage: netlab [OPTIONS] COMMAND [ARGS]...\n\n")
+    assert "\n  up " in result.stdout and "\n  down " in result.stdout  # readable: a line per command
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["plan", "egress-ingres"], "no lab or file named 'egress-ingres'; did you mean egress-ingress?"),
+    (["plan", "--sandbox", "egress-ingres"], "no lab or file named 'egress-ingres'; did you mean egress-ingress?"),
+    (["up", "--sandbox", "bridge3ns"], "no lab or file named 'bridge3ns'; did you mean bridge-3ns?"),
+    (["export", "--sandbox", "labs/mine.yaml"], "no lab or file named 'labs/mine.yaml'; `netlab labs` lists the built-in labs"),
+    (["plan", "--sandbox", "box1"], "Missing argument 'TARGET'. (see: netlab plan --help)"),  # a real prefix
+    (["plan", "egress-ingress", "--set", "public_ip=abc"],
+     "egress-ingress: steps[17].dnat: 'abc' is not an IPv4 address (from --set public_ip='abc')"),
+    (["plan", "egress-ingress", "--set", "publik_ip=1.2.3.4"],
+     "egress-ingress: --set publik_ip: the lab has no such parameter (its parameters: public_ip, uplink, internet_ip)"),
+])
+def test_a_mistake_is_named_as_the_user_made_it(capsys, argv, expected):
+    code, out, err = run(capsys, *argv)
+    assert (code, out, err) == (2, "", f"netlab: error: {expected}\n")
+
+
+def test_step_numbers_in_messages_are_the_ones_plan_shows(capsys, tmp_path):
+    """The fourth step of a file is steps[4], and `netlab plan` numbers it 4."""
+    lab = tmp_path / "lab.yaml"
+    lab.write_text("name: n\ntitle: t\nsteps:\n  - netns: ns0\n  - netns: ns1\n  - netns: ns2\n  - netns: ns1\n")
+    code, _, err = run(capsys, "plan", str(lab))
+    assert code == 2 and err == f"netlab: error: {lab}: steps[4].netns: 'ns1' is created twice\n"
+    lab.write_text("name: n\ntitle: t\nsteps:\n  - netns: ns0\n  - netns: ns1\n  - netns: ns2\n")
+    code, out, _ = run(capsys, "plan", str(lab))
+    assert code == 0 and "  3. " in out and "ip netns add ns2" in out.split("  3. ")[1].splitlines()[1]

@@ -128,7 +128,7 @@ CLI_CASES = [
     ),
     pytest.param(
         ["plan", "egress-ingress", "--set", "public_ip=1.2.3.4;reboot"],
-        "egress-ingress: steps[16].dnat: '1.2.3.4;reboot' is not an IPv4 address",
+        "egress-ingress: steps[17].dnat: '1.2.3.4;reboot' is not an IPv4 address (from --set public_ip='1.2.3.4;reboot')",
         id="set-value-reaches-dnat",
     ),
     pytest.param(
@@ -148,7 +148,7 @@ CLI_CASES = [
     ),
     pytest.param(
         ["plan", "no-such-lab"],
-        "no-such-lab: no built-in lab or file of that name (`netlab labs` lists the built-in labs)",
+        "no lab or file named 'no-such-lab'; `netlab labs` lists the built-in labs",
         id="unknown-lab",
     ),
     pytest.param(

@@ -71,19 +71,19 @@ def test_a_service_in_a_sandbox_runs_in_the_sandboxed_namespace():
 
 
 @pytest.mark.parametrize("step, field, message", [
-    ({"service": "h", "netns": "ns0", "address": "192.168.0.1", "port": 3000}, "steps[5].address",
+    ({"service": "h", "netns": "ns0", "address": "192.168.0.1", "port": 3000}, "steps[6].address",
      "192.168.0.1 is not an address namespace 'ns0' has at this step (0.0.0.0, or one an earlier address step gives it)"),
-    ({"service": "h", "address": "192.168.0.2", "port": 3000}, "steps[5].address",
+    ({"service": "h", "address": "192.168.0.2", "port": 3000}, "steps[6].address",
      "192.168.0.2 is not an address the host has at this step (0.0.0.0, or one an earlier address step gives it)"),
-    ({"service": "h", "netns": "ns0", "address": "192.168.0.2", "port": 0}, "steps[5].port",
+    ({"service": "h", "netns": "ns0", "address": "192.168.0.2", "port": 0}, "steps[6].port",
      "'0' is not a port (1-65535)"),
-    ({"service": "h", "netns": "ns0", "address": "192.168.0.2"}, "steps[5].port",
+    ({"service": "h", "netns": "ns0", "address": "192.168.0.2"}, "steps[6].port",
      "is required for a service step"),
-    ({"service": "h;x", "netns": "ns0", "address": "0.0.0.0", "port": 1}, "steps[5].service",
+    ({"service": "h;x", "netns": "ns0", "address": "0.0.0.0", "port": 1}, "steps[6].service",
      "'h;x' is not a valid service name (1-64 of letters, digits, '_', '.' and '-', not starting with '-')"),
-    ({"service": "h", "netns": "ns1", "address": "0.0.0.0", "port": 1}, "steps[5].netns",
+    ({"service": "h", "netns": "ns1", "address": "0.0.0.0", "port": 1}, "steps[6].netns",
      "'ns1' is not a namespace created by an earlier step"),
-    ({"service": "h", "netns": "ns0", "address": "0.0.0.0", "port": 1, "user": "x"}, "steps[5].user",
+    ({"service": "h", "netns": "ns0", "address": "0.0.0.0", "port": 1, "user": "x"}, "steps[6].user",
      "unknown key for a service step (known: service, address, port, netns, why)"),
 ])
 def test_a_bad_service_step_is_refused(step, field, message):
@@ -94,11 +94,11 @@ def test_a_bad_service_step_is_refused(step, field, message):
 
 def test_two_services_may_not_share_a_name_or_a_listening_address():
     hello = {"service": "hello", "netns": "ns0", "address": "192.168.0.2", "port": 3000}
-    with pytest.raises(InputError, match=r"steps\[6\].service: 'hello' again: steps\[5\] already is a service"):
+    with pytest.raises(InputError, match=r"steps\[7\].service: 'hello' again: steps\[6\] already is a service"):
         topology(hello, {**hello, "port": 3001})
-    with pytest.raises(InputError, match=r"steps\[6\].port: 192.168.0.2:3000 again: steps\[5\] already listens"):
+    with pytest.raises(InputError, match=r"steps\[7\].port: 192.168.0.2:3000 again: steps\[6\] already listens"):
         topology(hello, {**hello, "service": "other"})
-    with pytest.raises(InputError, match=r"steps\[6\].port: 0.0.0.0:3000 again: steps\[5\] already listens"):
+    with pytest.raises(InputError, match=r"steps\[7\].port: 0.0.0.0:3000 again: steps\[6\] already listens"):
         topology(hello, {**hello, "service": "other", "address": "0.0.0.0"})
     # another port, or another side: fine
     topology(hello, {**hello, "service": "b", "port": 3001}, {"service": "c", "address": "192.168.0.1", "port": 3000},

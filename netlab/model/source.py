@@ -47,8 +47,20 @@ def resolve(target: str) -> Path:
     path = Path(target)
     if path.is_file():
         return path
-    hint = "a directory, not a topology file" if path.is_dir() else "no built-in lab or file of that name"
-    raise InputError(f"{hint} (`netlab labs` lists the built-in labs)", target)
+    if path.is_dir():
+        raise InputError("a directory, not a topology file (`netlab labs` lists the built-in labs)", target)
+    raise InputError(not_found(target))
+
+
+def not_found(word: str) -> str:
+    """The message for WORD that is neither a built-in lab nor a file: with the built-in lab
+    it most likely means, when one is close."""
+    import difflib
+
+    names = sorted(path.stem for path in LABS_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "`netlab labs` lists the built-in labs"
+    return f"no lab or file named {word!r}; {hint}"
 
 
 def read_text(target: str) -> str:

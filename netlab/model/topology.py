@@ -393,20 +393,36 @@ def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] =
     raw_steps = data["steps"]
     if not isinstance(raw_steps, list) or not raw_steps:
         raise fail("steps", "must be a non-empty list")
+    overridden = overrides or {}
     steps = tuple(
-        _item(fail, f"steps[{i}]", _substitute(fail, f"steps[{i}]", raw, params))
-        for i, raw in enumerate(raw_steps)
+        _from_params(fail, f"steps[{i}]", raw, overridden, lambda raw=raw, i=i: _item(
+            fail, f"steps[{i}]", _substitute(fail, f"steps[{i}]", raw, params)))
+        for i, raw in enumerate(raw_steps, 1)  # numbered from 1, as `netlab plan` numbers
     )
     raw_checks = data.get("checks") or []
     if not isinstance(raw_checks, list):
         raise fail("checks", "must be a list")
     checks = tuple(
-        _check(fail, f"checks[{i}]", _substitute(fail, f"checks[{i}]", raw, params))
-        for i, raw in enumerate(raw_checks)
+        _from_params(fail, f"checks[{i}]", raw, overridden, lambda raw=raw, i=i: _check(
+            fail, f"checks[{i}]", _substitute(fail, f"checks[{i}]", raw, params)))
+        for i, raw in enumerate(raw_checks, 1)
     )
     topology = Topology(name, title, document, tuple(params.items()), steps, checks, source)
     _check_references(fail, topology)
     return topology
+
+
+def _from_params(fail, where: str, raw: Any, overrides: Dict[str, str], parse: Callable):
+    """PARSE() (a step's or a check's); when it fails on a value a --set gave, the message says
+    which parameter, what it was set to, and where the lab uses it."""
+    try:
+        return parse()
+    except InputError as error:
+        used = [name for name in dict.fromkeys(_REFERENCE_RE.findall(repr(raw))) if name in overrides]
+        if not used:
+            raise
+        given = ", ".join(f"--set {name}={_shown(overrides[name])}" for name in used)
+        raise fail(error.field, f"{error.message} (from {given})") from None
 
 
 def _field(fail, where: str, parser: Callable, value: Any):
@@ -440,7 +456,7 @@ def _substitute(fail, where: str, raw: Any, params: Dict[str, str]) -> Any:
     if isinstance(raw, dict):
         return {k: _substitute(fail, f"{where}.{k}", v, params) for k, v in raw.items()}
     if isinstance(raw, list):
-        return [_substitute(fail, f"{where}[{i}]", v, params) for i, v in enumerate(raw)]
+        return [_substitute(fail, f"{where}[{i}]", v, params) for i, v in enumerate(raw, 1)]
     if not isinstance(raw, str):
         return raw
 
@@ -554,7 +570,7 @@ class _World:
 
 def _check_references(fail, topology: Topology) -> None:
     world = _World()
-    for i, item in enumerate(topology.steps):
+    for i, item in enumerate(topology.steps, 1):
         where = f"steps[{i}]"
         links = world.side(fail, f"{where}.netns", item.netns)
         if isinstance(item, Netns):
@@ -624,6 +640,6 @@ def _check_references(fail, topology: Topology) -> None:
             kind_key, (attribute, _, _) = next(iter(_SCHEMA[item.kind][1].items()))
             world.once(fail, where, f"{where}.{kind_key}", (item.kind, tuple(sorted(identity.items(), key=str))),
                        str(getattr(item, attribute)))
-    for i, check in enumerate(topology.checks):
+    for i, check in enumerate(topology.checks, 1):
         if check.source not in (HOST, INTERNET) and check.source not in world.namespaces:
             raise fail(f"checks[{i}].from", f"{_shown(check.source)} is not host, internet or a namespace of the lab")
