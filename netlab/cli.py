@@ -209,6 +209,12 @@ def up_command(
         "Stop after step N (see `netlab plan`), as the exported script's `up --to N` does: to see a "
         "check fail before the step that fixes it, as the documents do. A later `up` goes on from "
         "there with the same journal; `status` shows the lab as `partial (to N)`.")),
+    check: bool = typer.Option(False, "--check", help=(
+        "For a lab that is up: say which of its steps went missing (exit 1), and change nothing. "
+        "Without it, `up` applies them again.")),
+    yes: bool = typer.Option(False, "--yes", "-y", help=(
+        "Do not ask before changing a real machine's own network (no --sandbox, no --host-netns); "
+        "without a terminal netlab never asks.")),
     remote: Optional[str] = _REMOTE_OPTION,
     ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
@@ -218,7 +224,9 @@ def up_command(
     SIGTERM undoes the steps done, in reverse. After a crash, `netlab down NAME`
     undoes what the journal records. A step already in effect before the lab
     (an identical rule, ip_forward already 1) is left alone, and `down` leaves
-    it too. Running `up` again on a lab that is up changes nothing.
+    it too. Running `up` again on a lab that is up applies again only the steps
+    of its own that went missing (a rule deleted by hand), and says so; with
+    `--check` it only says so (exit 1), changing nothing.
 
     The steps run in batches (see `netlab plan --show-batches`): the same commands,
     in few processes.
@@ -233,9 +241,12 @@ def up_command(
     from netlab.run.runner import down, up
 
     plan = _make_plan(target, sandbox, assignments, host_netns)
+    if not yes and plan.sandbox is None and plan.host_netns is None and sys.stdin.isatty() and sys.stdout.isatty():
+        _confirm_real_host(plan, remote, to)
     with _host(remote, ssh_opts) as executor:
         with TerminalReporter() as reporter:
-            outcome = up(plan, reporter=reporter, executor=executor, step_by_step=step_by_step, to=to)
+            outcome = up(plan, reporter=reporter, executor=executor, step_by_step=step_by_step, to=to,
+                         check=check)
         typer.echo(outcome.summary)
         if not verify:
             return
@@ -252,6 +263,25 @@ def up_command(
         with TerminalReporter() as reporter:
             down(plan.name, reporter=reporter, executor=executor, exact=True, step_by_step=step_by_step)
     raise NetlabError("a check failed; rolled back: the host is as it was")
+
+
+def _confirm_real_host(plan, remote: Optional[str], to: Optional[int]) -> None:
+    """On a terminal, before a lab changes a real machine's own network: what it touches, and a question."""
+    from netlab.render.plan import touches
+
+    steps = plan.steps[:to] if to else plan.steps
+    machine = f"{remote}'s" if remote else "this machine's"
+    typer.echo(f"{plan.lab} without --sandbox changes {machine} own network: {len(steps)} steps "
+               f"(`netlab plan {plan.lab}` lists them).")
+    for line in touches(steps):
+        typer.echo(f"  {line}")
+    typer.echo("A sandbox changes nothing outside itself: netlab up " + plan.lab + " --sandbox")
+    try:
+        answer = input("Apply them? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise NetlabError("not applied; nothing changed (--yes skips this question)")
 
 
 @app.command("down")
@@ -446,13 +476,19 @@ def capture_command(
         "the lab that has an interface of that name.")),
     expression: Optional[List[str]] = typer.Argument(None, metavar="[FILTER]...", help="A tcpdump filter, e.g. icmp."),
     count: Optional[int] = typer.Option(None, "-c", "--count", min=1, help="Stop after COUNT packets."),
+    write: Optional[Path] = typer.Option(None, "-w", "--write", metavar="FILE", help=(
+        "Write the packets to FILE, a pcap file for Wireshark (or `tcpdump -r FILE`), instead of "
+        "printing them.")),
 ):
     """Watch the packets on an interface of the lab with tcpdump, to see where they stop.
 
     As the documents do: capture on the bridge and on the uplink while a ping
-    runs, and compare. Ctrl-C ends it (or -c COUNT).
+    runs, and compare. Ctrl-C ends it (or -c COUNT). With -w FILE the packets
+    go to a pcap file to open in Wireshark.
 
     Example: sudo netlab capture nl-ei br0 -c 4 icmp
+
+    Example: sudo netlab capture nl-ei ens3 -w uplink.pcap   (then: wireshark uplink.pcap)
     """
     import shutil
 
@@ -460,9 +496,18 @@ def capture_command(
 
     record, _ = read_lab(name, action="capture")
     real, link = find_link(record, iface)
-    argv = ["tcpdump", "-n", "-l", "-i", link] + (["-c", str(count)] if count else []) + list(expression or [])
+    argv = ["tcpdump", "-n", "-l", "-i", link] + (["-c", str(count)] if count else [])
+    if write is not None:
+        if write.is_dir() or not write.parent.is_dir():
+            raise InputError(f"{write}: not a file in an existing directory", None, "--write")
+        argv += ["-U", "-w", str(write.absolute())]  # -U: each packet written as it comes, so Ctrl-C loses none
+    argv += list(expression or [])
     if shutil.which("tcpdump") is None:
         raise NetlabError("tcpdump is not installed (on Debian or Ubuntu: apt-get install tcpdump)")
+    where = f"{link} in {real}" if real else link
+    into = f", into {write} (a pcap file for Wireshark)" if write is not None else ""
+    until = f"after {count} packets or Ctrl-C" if count else "with Ctrl-C"
+    sys.stderr.write(f"netlab: capturing on {where}{into}; stop it {until}\n")
     _exec(("ip", "netns", "exec", real, *argv) if real else tuple(argv))
 
 

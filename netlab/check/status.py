@@ -63,8 +63,11 @@ def _summary(record: journals.Journal, store) -> LabSummary:
         state = f"partial (to {record.stopped_at})"
     else:
         state = "partial"
-    steps = record.header["steps"]
-    return LabSummary(record.name, record.lab, state, len(steps), len(record.done | record.found),
+    steps = record.steps()
+    settled = record.done | record.found
+    last = max(settled, default=0)  # a read-only step (a `show`) changes nothing: it counts as applied once passed
+    applied = len(settled) + sum(1 for step in steps if step.read_only and (record.complete or step.index < last))
+    return LabSummary(record.name, record.lab, state, len(steps), applied,
                       record.header.get("pid", 0), record.header.get("created", ""), record.digest)
 
 

@@ -119,6 +119,34 @@ def _words(value):
     return tuple(map(sys.intern, value))
 
 
+_TOUCHED = (  # (argv prefix, what it is) of a step on the host itself
+    (("ip", "netns", "add"), "network namespaces created"),
+    (("ip", "link", "add"), "links created"),
+    (("ip", "link", "set"), "links changed"),
+    (("ip", "addr", "add"), "addresses added"),
+    (("ip", "route", "add"), "routes added"),
+    (("iptables",), "iptables rules added"),
+    (("sysctl",), "sysctls set"),
+    (("netlab", "serve"), "servers started"),
+)
+
+
+def touches(steps) -> list:
+    """What STEPS change, in a few lines: on the host itself, kind by kind, with the names."""
+    lines, host = [], [step for step in steps if step.netns is None]
+    for prefix, what in _TOUCHED:
+        matching = [step for step in host if step.argv[:len(prefix)] == prefix]
+        if matching:
+            named = sorted({step.argv[3] if prefix[0] == "ip" else step.argv[-1] for step in matching})
+            shown = ", ".join(named[:6]) + (", ..." if len(named) > 6 else "")
+            lines.append(f"{len(matching)} {what} on the host: {shown}" if prefix[0] != "iptables"
+                         else f"{len(matching)} {what} on the host")
+    inside = len(steps) - len(host)
+    if inside:
+        lines.append(f"{inside} steps inside the lab's own namespaces")
+    return lines
+
+
 @dataclass(frozen=True)
 class LabCheck:
     """A check of the topology, placed: the real namespace it runs from (None for the

@@ -178,13 +178,16 @@ def _current(store, name: str, reporter: Reporter) -> Optional[journals.Journal]
 
 # ---------------------------------------------------------------- up
 def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
-       executor: Optional[Executor] = None, step_by_step: bool = False, to: Optional[int] = None) -> Outcome:
+       executor: Optional[Executor] = None, step_by_step: bool = False, to: Optional[int] = None,
+       check: bool = False) -> Outcome:
     """Apply PLAN: every step in place, or (after a failure or a signal) none of them.
 
     The steps run in batches (netlab.run.batches), unless STEP_BY_STEP: one process each,
     as the documents run them. With TO, only steps 1 to TO (to see a check fail before
     the step that fixes it, as the documents do): the journal records where it stopped,
-    and a later `up` goes on from there."""
+    and a later `up` goes on from there. A lab that is up already converges: a step of
+    its own that went missing (a rule deleted by hand) is applied again; with CHECK,
+    only said (LabDrift), nothing changed."""
     reporter = reporter or Reporter()
     executor = executor or Executor()
     total = len(plan.steps)
@@ -205,8 +208,7 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
                     f"{plan.name} is already up with another plan (lab {record.lab}, plan {record.digest}, "
                     f"not {plan.digest}); take it down first: {_down_command(plan.name, executor)}")
             if record.complete:
-                return Outcome(plan.name, 0, 0, f"{plan.name} is already up ({total} steps, plan {plan.digest}); "
-                                                f"nothing changed")
+                return _mend(plan, record, store, executor, reporter, check)
             if record.has("rollback") or record.failed:
                 raise LabConflict(f"an earlier up or down of {plan.name} did not finish; "
                                   f"run `{_down_command(plan.name, executor)}` first")
@@ -242,6 +244,67 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
         return Outcome(plan.name, ran, found, f"{plan.name}: steps 1-{len(steps)} of {total} done ({ran} run{extra}); "
                                               f"`netlab up` again goes on from step {len(steps) + 1}")
     return Outcome(plan.name, ran, found, f"{plan.name} is up: {ran} of {total} steps run{extra}")
+
+
+class LabDrift(NetlabError):
+    """`up --check`: steps of a lab that is up went missing."""
+
+
+def _mend(plan: Plan, record: journals.Journal, store, executor: Executor, reporter: Reporter,
+          check: bool) -> Outcome:
+    """A lab that is up: apply again, in plan order, the steps of its own that are missing
+    now, journaled as any step; if one fails, undo what this run applied again, so the lab
+    is as it was. With CHECK, say what is missing and change nothing."""
+    total = len(plan.steps)
+    done = record.done
+    mine = [step for step in plan.steps if step.index in done and step.probe is not None]
+    missing = [step for step, live in zip(mine, _parallel(executor.in_effect, mine, executor.workers))
+               if live is False]
+    if not missing:
+        record.close()
+        return Outcome(plan.name, 0, 0, f"{plan.name} is already up ({total} steps, plan {plan.digest}); "
+                                        f"nothing changed")
+    numbers = ", ".join(str(step.index) for step in missing)
+    if check:
+        record.close()
+        raise LabDrift(f"{plan.name} is up, but {len(missing)} of its steps are missing (step(s) "
+                       f"{numbers}): `netlab up` without --check applies them again")
+    record.open_for_append()
+    again = []
+    with _DeferredSignals() as signals:
+        try:
+            for step in missing:
+                signals.check(f"interrupted before step {step.index} of {total}")
+                reporter.step(step, total, "run")
+                if step.save:
+                    saved = executor.save(step)
+                    if not saved.ok:
+                        raise _step_failed(plan, step, saved)
+                    record.append(saved=step.index, value=saved.stdout.strip())
+                record.append(start=step.index)
+                again.append(step.index)
+                result = executor.run_step(step)
+                if not result.ok:  # not `failed`: the step is the lab's all the same, as its done says
+                    raise _step_failed(plan, step, result)
+                server = _SERVER.search(result.stdout) if step.argv[:3] == _SERVICE else None
+                if server:
+                    record.append(server=step.index, pid=int(server.group(1)), started=server.group(2))
+                record.append(done=step.index)
+        except BaseException as error:
+            if isinstance(error, ConnectionLost):
+                raise _left_as_is(error, plan.name, store, executor) from None
+            reporter.warn(f"{plan.name}: undoing the {len(again)} step(s) this run applied again")
+            _, _, failures = _undo_all(record, executor, reporter, None, list(reversed(again)))
+            record.close()
+            if not isinstance(error, NetlabError):
+                raise
+            after = (f"what it applied again is undone: {plan.name} is as it was, {len(missing)} steps missing"
+                     if not failures else "some of what it applied again could not be undone (above)")
+            error.args = (f"{error}; {after}",)
+            raise
+    record.close()
+    return Outcome(plan.name, len(missing), 0, f"{plan.name} was up with {len(missing)} step(s) missing; mended: "
+                                               f"step(s) {numbers} applied again")
 
 
 def _settle(record: journals.Journal, plan: Plan, executor: Executor) -> None:
@@ -608,6 +671,9 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
             record.close()
             raise NetlabError(f"{real_name}: {failures} step(s) could not be undone (above); the journal is kept: "
                               f"fix what is named and run `{_down_command(real_name, executor)}` again")
+        to_undo = set(record.to_undo())
+        taken = sum(1 for step in record.steps() if step.undo is not None and step.index in to_undo)
         record.remove()
-    extra = f" ({gone} already gone)" if gone else ""
-    return Outcome(real_name, undone, gone, f"{real_name} is down: {undone} steps undone{extra}")
+    # the lab's steps that down took back: the same count whichever way (a batch deletes a namespace with
+    # what is in it; one by one, the undo of a veth takes its other end too, which is then "gone")
+    return Outcome(real_name, undone, gone, f"{real_name} is down: {taken} steps undone")
