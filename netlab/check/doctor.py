@@ -161,6 +161,16 @@ def _not_applied(record, never: Sequence[Step]) -> List[Cause]:
     if not never:
         return []
     total = len(record.header["steps"])
+    if record.stopped_at is not None:  # up --to N, as asked: the rest is still to come
+        from netlab.model.source import builtin_path
+
+        target = record.header.get("lab", record.name)
+        target = target if builtin_path(target) else "YOUR-LAB.yaml"  # a file: its path is not in the journal
+        sandbox = record.header.get("sandbox")
+        go_on = f"netlab up {target}" + (f" --sandbox {sandbox}" if sandbox else "")
+        return [Cause(f"the lab is only partly up, as asked: `up --to {record.stopped_at}` stopped there, and "
+                      f"{len(never)} of its {total} steps are still to come",
+                      (go_on,), tuple(step.index for step in never))]
     return [Cause(f"the lab is only partly up: {len(never)} of its {total} steps were never applied "
                   f"(an up was cut off)",
                   (f"netlab down {record.name}",), tuple(step.index for step in never))]
