@@ -73,3 +73,18 @@ def test_the_readme_example_block_runs_as_typed(tmp_path):
     assert result.stdout.rstrip().endswith("README: every line as typed")
     assert (tmp_path / "my-lab.yaml").read_text().startswith("# Lab 4")
     assert "nl-ei is up" in result.stdout and "5 of 5 checks passed" in result.stdout
+
+
+def test_setup_says_what_it_does_and_shows_no_notice_box(tmp_path):
+    """scripts/setup, as the README runs it (into a virtualenv of the test's own, no link made):
+    a line per stage instead of minutes of silence, and no setuptools notice box."""
+    root = README.parent
+    env = {**os.environ, "NETLAB_VENV": str(tmp_path / "venv"), "NETLAB_LINK": "0"}
+    result = subprocess.run(["bash", str(root / "scripts" / "setup")], capture_output=True, text=True, env=env,
+                            cwd=root, stdin=subprocess.DEVNULL, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    said = [line for line in result.stdout.splitlines() if line.startswith("setup: ")]
+    assert [line.split(":")[1].split()[0] for line in said] == ["apt-get", "installing", "making", "pip", "pip",
+                                                               "netlab"], said
+    assert "!!" not in result.stdout + result.stderr and "*******" not in result.stdout + result.stderr
+    assert (tmp_path / "venv" / "bin" / "netlab").exists()
