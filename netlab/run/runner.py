@@ -276,20 +276,9 @@ def _mend(plan: Plan, record: journals.Journal, store, executor: Executor, repor
             for step in missing:
                 signals.check(f"interrupted before step {step.index} of {total}")
                 reporter.step(step, total, "run")
-                if step.save:
-                    saved = executor.save(step)
-                    if not saved.ok:
-                        raise _step_failed(plan, step, saved)
-                    record.append(saved=step.index, value=saved.stdout.strip())
-                record.append(start=step.index)
+                _start(plan, step, record, executor)
                 again.append(step.index)
-                result = executor.run_step(step)
-                if not result.ok:  # not `failed`: the step is the lab's all the same, as its done says
-                    raise _step_failed(plan, step, result)
-                server = _SERVER.search(result.stdout) if step.argv[:3] == _SERVICE else None
-                if server:
-                    record.append(server=step.index, pid=int(server.group(1)), started=server.group(2))
-                record.append(done=step.index)
+                _run_started(plan, step, record, executor, mending=True)
         except BaseException as error:
             if isinstance(error, ConnectionLost):
                 raise _left_as_is(error, plan.name, store, executor) from None
@@ -348,22 +337,29 @@ def _apply_step(plan: Plan, step: Step, record: journals.Journal, executor: Exec
         reporter.step(step, total, "found")
         return "found"
     reporter.step(step, total, "run")
+    _start(plan, step, record, executor)
+    _run_started(plan, step, record, executor)
+    return "run"
+
+
+def _start(plan: Plan, step: Step, record: journals.Journal, executor: Executor) -> None:
+    """Record what STEP replaces (a sysctl's old value, for its undo), then that it starts."""
     if step.save:
         saved = executor.save(step)
         if not saved.ok:
             raise _step_failed(plan, step, saved)
         record.append(saved=step.index, value=saved.stdout.strip())
     record.append(start=step.index)
-    _run_started(plan, step, record, executor)
-    return "run"
 
 
-def _run_started(plan: Plan, step: Step, record: journals.Journal, executor: Executor) -> None:
+def _run_started(plan: Plan, step: Step, record: journals.Journal, executor: Executor,
+                 mending: bool = False) -> None:
     """Run a step whose `start` is recorded, and record how it ended (and, for a lab service,
-    which process serves: `down` stops exactly it)."""
+    which process serves: `down` stops exactly it). MENDING, a step the lab did before is
+    applied again: one that fails is the lab's all the same (its `done` says so)."""
     result = executor.run_step(step)
     if not result.ok:
-        if result.code != TIMED_OUT:  # a step that timed out may have taken effect: its probe decides
+        if result.code != TIMED_OUT and not mending:  # one that timed out may have taken effect: its probe decides
             record.append(failed=step.index)  # what it ran into was not the lab's: never undone
         raise _step_failed(plan, step, result)
     server = _SERVER.search(result.stdout) if step.argv[:3] == _SERVICE else None
