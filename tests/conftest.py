@@ -19,6 +19,10 @@ import pytest
 
 IN_CI = bool(os.environ.get("CI"))
 RUN_PREFIX = f"nlt{os.getpid() % 100000}"
+# Every process this run starts inherits the mark (a server detaches, but keeps its environment):
+# at the end, one still running is a leak of this run, never another suite's.
+RUN_MARK = f"NETLAB_TEST_RUN={RUN_PREFIX}"
+os.environ["NETLAB_TEST_RUN"] = RUN_PREFIX
 _counter = itertools.count(1)
 
 
@@ -196,15 +200,42 @@ def pytest_sessionstart(session):
     session.config._netlab_root_before = _root_snapshot() if os.geteuid() == 0 else None
 
 
+def leftover_processes() -> list:
+    """The processes this run started that still run (found by RUN_MARK in their environment)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        if int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environment = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if RUN_MARK.encode() in environment:
+            found.append((int(entry), argv))
+    return found
+
+
 def pytest_sessionfinish(session, exitstatus):
     leaked = remove_namespaces(RUN_PREFIX)
+    processes = leftover_processes()
+    for pid, _ in processes:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
     before = getattr(session.config, "_netlab_root_before", None)
     changed = []
     if before is not None:
         after = _root_snapshot()
         changed = [key for key in before if before[key] != after[key]]
-    if leaked or changed:
+    if leaked or changed or processes:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if processes:
+            shown = "; ".join(f"{pid} {argv[:80]}" for pid, argv in processes[:5])
+            reporter.write_line(f"FAILED: tests left {len(processes)} processes running (killed): {shown}", red=True)
         if leaked:
             reporter.write_line(f"FAILED: tests left namespaces behind: {' '.join(leaked)}", red=True)
         if changed:

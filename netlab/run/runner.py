@@ -545,6 +545,11 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
         if index in servers:  # that very process, wherever it runs now
             reporter.step(step, total, "undo")
             result = _stop_server(step, servers[index], executor)
+            if result.ok and executor.in_effect(step) is not True:
+                undone += 1
+                continue
+            if result.ok:  # another netlab server listens there (one started again by hand): it goes too
+                result = executor.undo(step, None)
         elif executor.in_effect(step) is False:
             gone += 1
             if step.save and index in done:
