@@ -6,6 +6,12 @@ machine, in namespaces the test made, where the test can look: the labs run
 in sandbox mode under the test's prefix, and the remote journal and lock are
 under the server's NETLAB_STATE_DIR. The first tests need neither root nor a
 server: how --remote and `vagrant ssh-config` are read.
+
+A run that a test cuts off or signals stops itself at a journal record first
+(NETLAB_TEST_PAUSE, as in test_runner; the local netlab pauses after its
+append over ssh returned), so nothing races it. While it is stopped its
+heartbeats to the remote lock holder stop too: the holder ends after 30 s
+without one, so a test keeps it stopped only for a few commands.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from pathlib import Path
 
 import pytest
 
+import netlab
 from kernel import settled, snapshot
 from netlab.errors import InputError
 from netlab.remote.ssh import Remote, parse_remote, parse_ssh_config
 from netlab.model.star import star_lab
-from test_runner import BAD_ROUTE, Netlab
+from conftest import wait_stopped
+from test_runner import BAD_ROUTE, MODES, PAUSE, Netlab, _mode, at_start, resume
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +138,8 @@ class RemoteNetlab(Netlab):
         self.spec = host.remote
         self.state_dir = host.remote_state_dir
         self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir), "PYTHONPATH": str(ROOT)}
+        self.env.pop(PAUSE, None)
+        self.started = []
 
     def argv(self, *args):
         """netlab ARGS --remote ... (before the `--` of exec, where netlab's options end)."""
@@ -163,8 +173,11 @@ def ssh_masters() -> list:
 
 @pytest.fixture
 def remote(ssh_host, tmp_path):
-    """netlab pointed at ssh_host; afterwards no ssh master of netlab's may be left running."""
-    yield RemoteNetlab(ssh_host, tmp_path / "local-state")
+    """netlab pointed at ssh_host; afterwards what it started and is still running (a paused up,
+    after a failed test) is killed, and no ssh master of netlab's may be left running."""
+    netlab_remote = RemoteNetlab(ssh_host, tmp_path / "local-state")
+    yield netlab_remote
+    netlab_remote.stop_all()
     deadline = time.monotonic() + 5
     while ssh_masters() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -266,26 +279,30 @@ def test_a_failing_step_over_ssh_rolls_the_remote_host_back(remote, sandbox_pref
         assert not remote.journal(name).exists()
 
 
-def _wait_for_starts(remote: RemoteNetlab, name: str, count: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while len(remote.records(name, "start")) < count:
-        assert process.poll() is None, f"up ended before the test could cut it: {process.stderr.read()}"
-        assert time.monotonic() < deadline, "up did not get going"
-        time.sleep(0.05)
+def _start_paused(remote: RemoteNetlab, star20: Path, name: str, k: int, mode: str) -> subprocess.Popen:
+    """`up` of star20 as NAME, stopped right after its journal over ssh recorded step K's start
+    (batched: the starts of K's whole round; for every K used here that round is not the
+    first, so the lab's namespaces are made by then)."""
+    plan = netlab.make_plan(str(star20), sandbox=name)
+    process = remote.start("up", star20, "--sandbox", name, *_mode(mode), pause=at_start(plan, k))
+    wait_stopped(process)
+    assert k in remote.records(name, "start") and k not in remote.records(name, "done")
+    return process
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cut", ["dropped connection", "kill -9 of netlab"])
-def test_a_run_cut_off_mid_up_is_restored_by_down(remote, sandbox_prefix, star20, cut):
+def test_a_run_cut_off_mid_up_is_restored_by_down(remote, sandbox_prefix, star20, cut, mode):
     """The connection dies (sshd's session processes killed) or netlab itself is killed in
     the middle of `up`: the remote journal records what was started, the remote lock names a
     process that is gone, and the next `down` over a new connection restores the host."""
     name = f"{sandbox_prefix}-lab"
-    process = remote.start("up", star20, "--sandbox", name, "--step-by-step")
+    process = _start_paused(remote, star20, name, 40, mode)
     try:
-        _wait_for_starts(remote, name, 40, process)
         if cut == "dropped connection":
             remote.host.drop_connections()
+            resume(process)  # it goes on, and finds its connection gone
         else:
             os.kill(process.pid, signal.SIGKILL)
         process.wait(60)
@@ -321,15 +338,18 @@ def test_a_run_cut_off_mid_up_is_restored_by_down(remote, sandbox_prefix, star20
 
 
 @pytest.mark.root
-def test_a_second_up_is_busy_and_sigterm_rolls_back_over_ssh(remote, sandbox_prefix, star20):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_second_up_is_busy_and_sigterm_rolls_back_over_ssh(remote, sandbox_prefix, star20, mode):
+    """The first stops itself holding the remote lock; the second meets it; SIGTERM, sent
+    while the first is stopped, is delivered when it goes on."""
     name = f"{sandbox_prefix}-lab"
-    process = remote.start("up", star20, "--sandbox", name, "--step-by-step")
+    process = _start_paused(remote, star20, name, 5, mode)
     try:
-        _wait_for_starts(remote, name, 5, process)
         second = remote.run("up", star20, "--sandbox", name)
         assert second.returncode == 1, second.stderr
         assert f"{name} is busy on {remote.host.remote}" in _one_line_error(second)
         process.send_signal(signal.SIGTERM)  # the first one rolls back, over its connection
+        resume(process)
         assert process.wait(300) == 128 + signal.SIGTERM, process.stderr.read()
     finally:
         if process.poll() is None:
@@ -341,16 +361,18 @@ def test_a_second_up_is_busy_and_sigterm_rolls_back_over_ssh(remote, sandbox_pre
 
 
 @pytest.mark.root
-def test_a_link_that_dies_silently_mid_up_frees_the_lock_and_down_restores(remote, sandbox_prefix, star20):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_link_that_dies_silently_mid_up_frees_the_lock_and_down_restores(remote, sandbox_prefix, star20, mode):
     """The link goes dead without a word (no FIN, no RST): netlab gives up after its
     keepalives, and the remote shell that holds the lock ends when its heartbeats stop,
-    although sshd has not noticed; so `down`, once the link is back, is not kept out."""
+    although sshd has not noticed; so `down`, once the link is back, is not kept out.
+    The link is cut while up is stopped after step 20 started; then it goes on."""
     name = f"{sandbox_prefix}-lab"
-    process = remote.start("up", star20, "--sandbox", name, "--step-by-step")
+    process = _start_paused(remote, star20, name, 20, mode)
     try:
-        _wait_for_starts(remote, name, 20, process)
         holder = int(os.readlink(remote.host.remote_state_dir / f"{name}.lock"))
         remote.host.cut_link()
+        resume(process)
         assert process.wait(90) == 1
         error = process.stderr.read().strip().splitlines()[-1]
         assert error.startswith(f"netlab: error: lost the connection to {remote.host.remote}"), error

@@ -8,6 +8,11 @@ a batch (`ip -batch`, `iptables-restore`), the line that carries the step
 fails, as the real tool would fail it: `ip` runs the lines before it and says
 `Command failed -:N`, iptables-restore applies nothing. The runner's two ways,
 batched (the default) and `--step-by-step`, face the same faults.
+
+Kills and signals never race the runner: the one process meant to be caught
+gets NETLAB_TEST_PAUSE (`start:K`, `done:K`, `rollback`) and stops itself
+right after writing that journal record; the test waits until it is stopped
+(conftest.wait_stopped), then kills it, signals it or lets it go on (SIGCONT).
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ from pathlib import Path
 import pytest
 
 import netlab
-from conftest import namespaces, sh
+from conftest import namespaces, sh, wait_stopped
 from netlab.model.source import catalog
 from netlab.model.star import star_lab
+from netlab.render.plan import SAVED
 from kernel import changes, iptables_rules, netns_snapshot, settled, snapshot
 
 pytestmark = pytest.mark.root
 TOOLS = ("ip", "iptables", "sysctl", "iptables-restore")
 MODES = ("batched", "step-by-step")
+PAUSE = "NETLAB_TEST_PAUSE"  # netlab.run.journal: stop right after writing the record it names
 
 
 def _mode(mode: str) -> tuple:
@@ -53,8 +60,9 @@ class Netlab:
         self.state_dir = state_dir
         self.env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir),  # netlab on PATH for a script's services
                     "PATH": f"{wrappers}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        self.env.pop("NETLAB_TEST_FAIL", None)
-        self.env.pop("NETLAB_TEST_FAIL_LINE", None)
+        for variable in ("NETLAB_TEST_FAIL", "NETLAB_TEST_FAIL_LINE", PAUSE):
+            self.env.pop(variable, None)
+        self.started = []  # what start() started, for stop_all()
 
     def fail(self, argv, line=None) -> None:
         """Make the command ARGV (as run from the root namespace) fail before it runs, and
@@ -75,9 +83,28 @@ class Netlab:
         assert result.returncode == 0, f"netlab {args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
         return result.stdout
 
-    def start(self, *args) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
+    def start(self, *args, pause=None) -> subprocess.Popen:
+        """netlab ARGS in the background, in a process group of its own. With PAUSE (`start:12`,
+        `done:30`, `rollback`), this process, and no later one of the test, stops itself right
+        after writing that journal record: wait_stopped(), then kill it or resume() it. Whatever
+        is still running after the test is killed (stop_all)."""
+        env = {**self.env, PAUSE: pause} if pause else self.env
+        process = subprocess.Popen(self.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        """SIGKILL what start() started and is still there, stopped or not, with its process group."""
+        for process in self.started:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+                except ProcessLookupError:
+                    pass
+                process.wait(timeout=60)
+            if process.stderr is not None:
+                process.stderr.close()
 
     def journal(self, name: str) -> Path:
         return self.state_dir / f"{name}.journal"
@@ -138,9 +165,19 @@ def wrappers(tmp_path_factory) -> Path:
     return directory
 
 
+def resume(process: subprocess.Popen) -> None:
+    """Let a process stopped at its pause point go on; a signal sent while it was stopped is
+    delivered now."""
+    os.kill(process.pid, signal.SIGCONT)
+
+
 @pytest.fixture
-def cli(state_dir, wrappers) -> Netlab:
-    return Netlab(state_dir, wrappers)
+def cli(state_dir, wrappers, sandbox_prefix) -> Netlab:
+    """netlab with a private state directory; what it started and is still running (a paused
+    `up`, after a failed test) is killed before the sandbox's namespaces are removed."""
+    netlab_cli = Netlab(state_dir, wrappers)
+    yield netlab_cli
+    netlab_cli.stop_all()
 
 
 @pytest.fixture
@@ -288,32 +325,48 @@ def _wait_for_group_gone(pgid: int, timeout=30) -> None:
         time.sleep(0.01)
 
 
-def _kill_after(cli, name, process, started: int) -> int:
-    """SIGKILL PROCESS once its journal records STARTED steps; returns how many it had."""
-    deadline = time.monotonic() + 120
-    while len(cli.records(name, "start")) < started:
-        assert process.poll() is None, f"up ended before step {started}: {process.stderr.read()}"
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
+def at_start(plan, k: int) -> str:
+    """The pause `start:K` (conftest.wait_stopped), for a step K of PLAN that both ways of
+    running certainly record as started: one that changes the host and is not found in
+    effect before the lab (the harness's lo is up already: that step only ever says `found`).
+    A pause whose record never comes is no pause: the process just runs to its end."""
+    step = plan.steps[k - 1]
+    found = (plan.host_netns is not None and step.netns == plan.host_netns
+             and step.argv == ("ip", "link", "set", "lo", "up"))
+    assert not step.read_only and not found, f"step {k} is never recorded as started: {step.command}"
+    return f"start:{k}"
+
+
+def _kill_paused(process: subprocess.Popen) -> None:
+    """SIGKILL PROCESS once it is stopped at its pause point; returns when its group is gone."""
+    wait_stopped(process)
     process.kill()
     process.wait()
     _wait_for_group_gone(process.pid)
-    return len(cli.records(name, "start"))
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("started", [1, 12, 100, 250, 400])
 def test_kill_9_during_up_then_down_restores_the_snapshot(cli, sandbox_prefix, harness, star50, started, mode):
-    """Batched, the starts of a round are recorded together: the kill lands after the
-    first round whose records reach STARTED, while its batches run."""
-    total = len(_plan(star50, sandbox_prefix, harness).steps)
-    assert started < total
+    """up stops itself right after recording that step STARTED is about to run, and is
+    killed there: step by step, before that step runs; batched, the starts of a round are
+    recorded together, so the kill lands after the round holding STARTED recorded its
+    starts and before its batches run (star50 runs in three rounds: 1, 12 and 100 are in
+    the first, the second and the third today)."""
+    plan = _plan(star50, sandbox_prefix, harness)
+    assert started < len(plan.steps)
     before = snapshot(sandbox_prefix)
-    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
-    reached = _kill_after(cli, sandbox_prefix, process, started)
-    assert reached >= started
-    if cli.records(sandbox_prefix, "done"):  # a kill right after the first start may beat its `ip`
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode),
+                        pause=at_start(plan, started))
+    _kill_paused(process)
+    starts = cli.records(sandbox_prefix, "start")
+    assert started in starts and started not in cli.records(sandbox_prefix, "done")
+    if mode == "step-by-step":
+        assert starts[-1] == started  # killed before anything after it started
+    if cli.records(sandbox_prefix, "done"):
         assert snapshot(sandbox_prefix) != before
+    else:  # killed before the first step (batched: the first round) ran: the journal is all there is
+        assert changes(before, snapshot(sandbox_prefix)) == []
 
     status = json.loads(cli.run("status", "--json").stdout)["labs"]
     assert [(lab["name"], lab["state"]) for lab in status] == [(sandbox_prefix, "partial")]
@@ -323,18 +376,42 @@ def test_kill_9_during_up_then_down_restores_the_snapshot(cli, sandbox_prefix, h
     assert not cli.journal(sandbox_prefix).exists()
 
 
+UNDONE_BY_HAND = 30  # the undos a killed step-by-step down had done: the first ones it does
+
+
+def _records(cli, name: str) -> list:
+    """Every record of NAME's journal after its header."""
+    return [json.loads(line) for line in cli.journal(name).read_text().splitlines()[1:] if line.endswith("}")]
+
+
+def _first_undone(cli, name: str, count: int) -> list:
+    """The COUNT steps (as the journal's header holds them) that a down undoes first: the
+    started ones, latest first, none of them failed."""
+    header = json.loads(cli.journal(name).read_text().splitlines()[0])
+    steps = {step["index"]: step for step in header["steps"]}
+    failed = set(cli.records(name, "failed"))
+    started = list(dict.fromkeys(cli.records(name, "start")))
+    return [steps[index] for index in reversed(started) if index not in failed][:count]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_kill_9_during_down_then_down_again_converges(cli, sandbox_prefix, harness, star50, mode):
+    """down stops itself right after recording `rollback`, before it undoes anything, and is
+    killed there. Step by step, it is killed part of the way through the undo: the first
+    undos it makes are made by hand while it is stopped, with the commands its journal
+    holds (each in a namespace of the test's, never the root one), so the next down meets
+    some steps already gone."""
     before = snapshot(sandbox_prefix)
     cli.ok("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness)
-    process = cli.start("down", sandbox_prefix, *_mode(mode))
+    process = cli.start("down", sandbox_prefix, *_mode(mode), pause="rollback")
+    wait_stopped(process)
+    assert cli.records(sandbox_prefix, "rollback") == [True]
     if mode == "step-by-step":
-        time.sleep(0.5)  # part of the way through the undo
-    else:  # batched, a down is over in a blink: kill it as soon as it has begun
-        deadline = time.monotonic() + 60
-        while not cli.records(sandbox_prefix, "rollback") and process.poll() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        saved = {record["saved"]: record["value"] for record in _records(cli, sandbox_prefix) if "saved" in record}
+        for step in _first_undone(cli, sandbox_prefix, UNDONE_BY_HAND):
+            assert (step["netns"] or "").startswith(f"{sandbox_prefix}-") and step["undo"], step["command"]
+            undo = [word.replace(SAVED, saved[step["index"]]) if step["save"] else word for word in step["undo"]]
+            sh("ip", "netns", "exec", step["netns"], *undo, check=True)
     process.kill()
     process.wait()
     _wait_for_group_gone(process.pid)
@@ -344,8 +421,11 @@ def test_kill_9_during_down_then_down_again_converges(cli, sandbox_prefix, harne
 
 @pytest.mark.parametrize("mode", MODES)
 def test_kill_9_then_up_again_goes_on_where_it_stopped(cli, sandbox_prefix, harness, star50, mode):
-    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
-    _kill_after(cli, sandbox_prefix, process, 150)
+    plan = _plan(star50, sandbox_prefix, harness)
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode),
+                        pause=at_start(plan, 150))
+    _kill_paused(process)
+    assert 150 in cli.records(sandbox_prefix, "start") and not cli.records(sandbox_prefix, "up")
     out = cli.ok("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
     assert f"{sandbox_prefix} is up:" in out
     status = cli.run("status", sandbox_prefix, "--json")
@@ -359,14 +439,16 @@ def test_kill_9_then_up_again_goes_on_where_it_stopped(cli, sandbox_prefix, harn
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_up_rolls_back(cli, sandbox_prefix, harness, star50, signum, mode):
+    """The signal comes while up is stopped after recording step 60's start; it is delivered
+    when up goes on, and acted on between steps (batched: between rounds)."""
     before = snapshot(sandbox_prefix)
-    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode))
-    deadline = time.monotonic() + 60
-    while len(cli.records(sandbox_prefix, "start")) < 60:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.002)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
+    plan = _plan(star50, sandbox_prefix, harness)
+    process = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode),
+                        pause=at_start(plan, 60))
+    wait_stopped(process)
+    process.send_signal(signum)  # pending while it is stopped
+    resume(process)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, stderr
     assert "rolled back: the host is as it was" in stderr.splitlines()[-1]
     assert changes(before, snapshot(sandbox_prefix)) == []
@@ -453,36 +535,39 @@ def test_up_twice_changes_nothing_and_a_changed_plan_is_refused(cli, sandbox_pre
     assert cli.ok("down", sandbox_prefix).strip() == f"{sandbox_prefix} is not up; nothing to do"
 
 
-def test_a_concurrent_up_of_the_same_lab_fails_at_once(cli, sandbox_prefix, harness, star50):
-    """The first runs step by step: batched, it could be over before the second starts."""
-    first = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, "--step-by-step")
-    deadline = time.monotonic() + 60
-    while len(cli.records(sandbox_prefix, "start")) < 5:
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.002)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_concurrent_up_of_the_same_lab_fails_at_once(cli, sandbox_prefix, harness, star50, mode):
+    """The first stops itself holding the lab's lock (after step 5 started) until the test lets
+    it go on: the second certainly meets the lock, and would wait for ever if it waited for it."""
+    plan = _plan(star50, sandbox_prefix, harness)
+    first = cli.start("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, *_mode(mode),
+                      pause=at_start(plan, 5))
+    wait_stopped(first)
     began = time.monotonic()
-    second = cli.run("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, timeout=10)
+    second = cli.run("up", star50, "--sandbox", sandbox_prefix, "--host-netns", harness, timeout=60)
     waited = time.monotonic() - began
-    assert first.poll() is None, "the first up ended before the second one tried: the lab is too small"
+    assert first.poll() is None  # stopped: it holds the lock all along
     assert second.returncode == 1
     assert second.stderr.strip() == (
         f"netlab: error: {sandbox_prefix} is busy: another netlab up or down of it is running (pid {first.pid}); "
         "wait for it, or check `netlab status`")
     assert waited < 5  # "at once": it does not wait for the lock (a loose bound; tests assert no timings)
-    assert first.wait(timeout=120) == 0, first.stderr.read()
+    resume(first)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
     cli.ok("down", sandbox_prefix)
 
 
-def test_different_labs_run_side_by_side(cli, sandbox_prefix, star50):
-    first = cli.start("up", star50, "--sandbox", f"{sandbox_prefix}a", "--step-by-step")
-    deadline = time.monotonic() + 60
-    while not cli.records(f"{sandbox_prefix}a", "start"):  # the first holds its lock
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.002)
+@pytest.mark.parametrize("mode", MODES)
+def test_different_labs_run_side_by_side(cli, sandbox_prefix, star50, mode):
+    """The first stops itself holding its lock (its first step started) until the second is up."""
+    first = cli.start("up", star50, "--sandbox", f"{sandbox_prefix}a", *_mode(mode),
+                      pause=at_start(_plan(star50, f"{sandbox_prefix}a"), 1))
+    wait_stopped(first)
     second = cli.run("up", "egress-ingress", "--sandbox", f"{sandbox_prefix}b")
     assert second.returncode == 0, second.stderr
-    assert first.poll() is None, "the first up ended before the second ran: they did not overlap"
-    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert first.poll() is None  # stopped mid-up: they overlapped
+    resume(first)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
     listed = json.loads(cli.ok("status", "--json"))["labs"]
     assert sorted((lab["name"], lab["state"]) for lab in listed) == [
         (f"{sandbox_prefix}a", "up"), (f"{sandbox_prefix}b", "up")]
@@ -600,7 +685,8 @@ def test_a_symlinked_state_dir_is_refused(cli, sandbox_prefix, tmp_path):
     cli.env["NETLAB_STATE_DIR"] = str(link)
     result = cli.run("up", "egress-ingress", "--sandbox", sandbox_prefix)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"netlab: error: NETLAB_STATE_DIR: {link} is a symlink; refusing to keep journals there"
+    assert result.stderr.strip() == (f"netlab: error: NETLAB_STATE_DIR: {link} is a symlink; refusing to use it "
+                                     "(remove it, or set NETLAB_STATE_DIR to a directory of your own)")
     assert snapshot(sandbox_prefix) == {}
 
 
