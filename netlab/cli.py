@@ -241,7 +241,8 @@ def up_command(
     from netlab.run.runner import down, up
 
     plan = _make_plan(target, sandbox, assignments, host_netns)
-    if not yes and plan.sandbox is None and plan.host_netns is None and sys.stdin.isatty() and sys.stdout.isatty():
+    if (not yes and not check and plan.sandbox is None and plan.host_netns is None and sys.stdin.isatty()
+            and sys.stdout.isatty()):
         _confirm_real_host(plan, remote, to)
     with _host(remote, ssh_opts) as executor:
         with TerminalReporter() as reporter:
@@ -257,7 +258,7 @@ def up_command(
         if to is not None and to < len(plan.steps):  # a check may fail before its step: the documents' way
             raise NetlabError(f"a check failed with steps 1-{to} of {len(plan.steps)} applied; {plan.name} is "
                               f"left as it is (see: netlab doctor {plan.name}; go on: netlab up without --to)")
-        if not (outcome.changed or outcome.found):
+        if outcome.was_up or not (outcome.changed or outcome.found):
             raise NetlabError(f"a check failed; {plan.name} was up before this run and is left as it is "
                               f"(see: netlab doctor {plan.name})")
         with TerminalReporter() as reporter:

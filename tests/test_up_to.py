@@ -16,6 +16,7 @@ import sys
 import pytest
 
 import netlab
+from conftest import sh
 
 pytestmark = pytest.mark.root
 MODES = ("batched", "step-by-step")
@@ -64,6 +65,8 @@ def test_up_to_stops_there_and_a_later_up_goes_on(state_dir, sandbox_prefix, mod
         assert told(out) == [masquerade]
         again = ok(state_dir, "up", "egress-ingress", "--sandbox", sandbox_prefix, "--to", masquerade - 3, *extra)
         assert again.strip() == f"{sandbox_prefix}: steps 1-{masquerade - 3} of {total} were already done; nothing changed"
+        listed = json.loads(ok(state_dir, "status", "--json"))["labs"]
+        assert listed[0]["state"] == f"partial (to {masquerade})", "an up that changed nothing lost where it stopped"
         out = ok(state_dir, "up", "egress-ingress", "--sandbox", sandbox_prefix, *extra)
         assert told(out) == list(range(masquerade + 1, total + 1))
         assert out.strip().splitlines()[-1] == f"{sandbox_prefix} is up: {total - masquerade} of {total} steps run"
@@ -103,3 +106,12 @@ def test_batched_up_tells_its_steps_in_plan_order(state_dir, sandbox_prefix, lab
         assert told(ok(state_dir, "up", lab, "--sandbox", sandbox_prefix)) == list(range(1, total + 1))
     finally:
         netlab_cli(state_dir, "down", sandbox_prefix)
+
+
+def test_up_check_of_a_lab_that_is_not_up_changes_nothing(state_dir, sandbox_prefix):
+    result = netlab_cli(state_dir, "up", "egress-ingress", "--sandbox", sandbox_prefix, "--check")
+    assert result.returncode == 1 and result.stderr == (
+        f"netlab: error: {sandbox_prefix} is not up; `up --check` changes nothing (without it, `netlab up` "
+        "brings the lab up)\n")
+    assert not [name for name in sh("ip", "netns", "list").stdout.split() if name.startswith(f"{sandbox_prefix}-")]
+    assert not (state_dir / f"{sandbox_prefix}.journal").exists()

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from netlab.check.status import MISSING, NOT_APPLIED, namespaces, read_lab, step_states
 from netlab.check.verify import CheckResult, passed, run_checks, table
-from netlab.render.plan import LabCheck, Step, in_netns, shell_join
+from netlab.render.plan import SERVICE, LabCheck, Step, in_netns, shell_join
 from netlab.run.execute import Executor
 
 IP_FORWARD = "net.ipv4.ip_forward"
@@ -157,17 +157,31 @@ def _command(real: Optional[str], *argv: str) -> str:
 
 
 # ------------------------------------------------------------------ drift
+def _up_again(record) -> str:
+    """The `netlab up` that goes on with the lab RECORD describes: the same lab, sandbox, host
+    namespace and parameters (those that are not the lab's defaults), so its plan is the same."""
+    from netlab.model.sandbox import SANDBOX_PARAMS
+    from netlab.model.source import builtin_path, load
+    from netlab.render.plan import shell_join
+
+    header = record.header
+    lab, sandbox, host = header.get("lab", record.name), header.get("sandbox"), header.get("host_netns")
+    defaults = dict(load(lab).params) if builtin_path(lab) else {}
+    words = ["netlab", "up", lab if builtin_path(lab) else "YOUR-LAB.yaml"]  # a file's path is not in the journal
+    words += ["--sandbox", sandbox] if sandbox else []
+    words += ["--host-netns", host] if host else []
+    for key, value in (header.get("params") or {}).items():
+        if value != defaults.get(key) and not (sandbox and key in SANDBOX_PARAMS):
+            words += ["--set", f"{key}={value}"]
+    return shell_join(words)
+
+
 def _not_applied(record, never: Sequence[Step]) -> List[Cause]:
     if not never:
         return []
     total = len(record.header["steps"])
     if record.stopped_at is not None:  # up --to N, as asked: the rest is still to come
-        from netlab.model.source import builtin_path
-
-        target = record.header.get("lab", record.name)
-        target = target if builtin_path(target) else "YOUR-LAB.yaml"  # a file: its path is not in the journal
-        sandbox = record.header.get("sandbox")
-        go_on = f"netlab up {target}" + (f" --sandbox {sandbox}" if sandbox else "")
+        go_on = _up_again(record)
         return [Cause(f"the lab is only partly up, as asked: `up --to {record.stopped_at}` stopped there, and "
                       f"{len(never)} of its {total} steps are still to come",
                       (go_on,), tuple(step.index for step in never))]
@@ -278,7 +292,7 @@ def _describe(live: Live, group: Sequence[Step]) -> str:
         return f"{key} is {now} {where}, not {value}{what}"
     if argv[0] == "iptables":
         return _describe_rule(live, group, where)
-    if argv[:3] == ("netlab", "serve", "--background"):
+    if tuple(argv[:3]) == SERVICE:
         address, port = argv[3], argv[4]
         return _nothing_listens(live, root.netns, address, port, where)
     return f"step {root.index} is not in effect ({root.why.rstrip('.')}){tail}"
@@ -415,7 +429,7 @@ def _dnat(live: Live, steps: Sequence[Step], check: LabCheck):
 
 def _services(steps: Sequence[Step]) -> List[Tuple[Step, str, str]]:
     """The lab's servers: (the step that starts it, its address, its port)."""
-    return [(step, step.argv[3], step.argv[4]) for step in steps if step.argv[:3] == ("netlab", "serve", "--background")]
+    return [(step, step.argv[3], step.argv[4]) for step in steps if step.service]
 
 
 def _service_address(steps: Sequence[Step], port: Optional[int]) -> Optional[str]:

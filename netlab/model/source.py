@@ -143,7 +143,7 @@ def read_yaml(text: str, label: str):
                 raise InputError(f"nested deeper than {MAX_DEPTH} levels; a lab needs four", label) from None
             _prescan(yaml.parse(text, Loader=yaml.SafeLoader), label)
             node = yaml.compose(text, Loader=yaml.SafeLoader)
-        return None if node is None else _construct(node, label, yaml.constructor.SafeConstructor(), "", {})
+        return None if node is None else _construct(node, label, yaml.constructor.SafeConstructor(), "", {}, set())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
@@ -174,31 +174,41 @@ def _prescan(events, label: str) -> None:
                 raise InputError(f"line {event.start_mark.line + 1}: more than {MAX_ALIASES} aliases", label)
 
 
-def _construct(node, label: str, scalars, path: str, built: dict):
+def _construct(node, label: str, scalars, path: str, built: dict, building: set):
     """Python data from a composed YAML node at PATH: mappings to dicts (keys checked),
     sequences to lists, scalars by their resolved tag (SCALARS, a SafeConstructor, does the
     rare ones). An alias is its anchor's node again: BUILT (by node) gives it the value
-    already made, so nested aliases cost nothing, as in PyYAML's own constructor."""
+    already made, so nested aliases cost nothing, as in PyYAML's own constructor; one met
+    again while BUILDING it (its own value holds it) is a cycle, refused."""
     import yaml
 
     if id(node) in built:
+        if id(node) in building:  # an alias inside its own anchor's value
+            raise InputError(f"line {node.start_mark.line + 1}: {path or 'the file'}: an alias refers to a value "
+                             "that holds it (a cycle)", label)
         return built[id(node)]
     if node.tag not in (_MAP, _SEQ, _STR):
         return scalars.construct_object(node)  # refuses what the safe subset does not know
     if isinstance(node, yaml.MappingNode):
         data = built[id(node)] = {}
+        building.add(id(node))
         for key_node, value_node in node.value:
-            key = _construct(key_node, label, scalars, path, built)
+            key = _construct(key_node, label, scalars, path, built, building)
             line = key_node.start_mark.line + 1
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise InputError(f"line {line}: a key must be a plain word, not {type(key).__name__}", label)
             if key in data:
                 raise InputError(f"line {line}: key {shown(str(key))} appears twice", label)
-            data[key] = _construct(value_node, label, scalars, f"{path}.{key}" if path else str(key), built)
+            data[key] = _construct(value_node, label, scalars, f"{path}.{key}" if path else str(key), built,
+                                   building)
+        building.discard(id(node))
         return data
     if isinstance(node, yaml.SequenceNode):
         data = built[id(node)] = []
-        data.extend(_construct(item, label, scalars, f"{path}[{i + 1}]", built) for i, item in enumerate(node.value))
+        building.add(id(node))
+        data.extend(_construct(item, label, scalars, f"{path}[{i + 1}]", built, building)
+                    for i, item in enumerate(node.value))
+        building.discard(id(node))
         return data
     if CONTROL.search(node.value):
         where = f"{path}: " if path else ""

@@ -1,7 +1,9 @@
 """The lab service: the documents' hello-world HTTP server, started and stopped by ADDRESS:PORT.
 
 A lab's `service` step runs `netlab serve --background ADDRESS PORT` in its
-namespace and is undone by `netlab serve --stop ADDRESS PORT` there. The
+namespace, which prints the server's pid and start time for the journal; it is
+undone by `netlab serve --stop ADDRESS PORT --pid PID:START` (exactly that
+process, from any namespace), then by `netlab serve --stop ADDRESS PORT` there. The
 server answers every GET with "Hello, World! :)", as the documents' Flask app
 on port 3000 does. It is a socketserver.TCPServer, not http.server's
 HTTPServer, which looks up its own name (getfqdn) between bind and listen and
@@ -238,17 +240,16 @@ def start_report(address: str, port: int) -> Tuple[List[str], List[str]]:
 
 
 def stop_exactly(pid: int, started: str, address: str, port: int, timeout: float = STOP_TIMEOUT) -> bool:
-    """Stop process PID if it is still the server a lab started: the same start time (never a
-    later process that was given the pid) and netlab's server on ADDRESS:PORT. Works from any
-    namespace, also when the server's own was deleted by hand. True when it was running."""
+    """Stop process PID if it is still the server a lab started on ADDRESS:PORT: the same pid
+    and start time name that one process, never a later one that was given the pid. Works from
+    any namespace, also when the server's own was deleted by hand. True when it was running."""
     def running() -> bool:
         try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-                fields = handle.read().rpartition(")")[2].split()
+            fields = _stat(pid)
         except OSError:
             return False
         return fields[0] != "Z" and fields[19] == started
-    if not running() or not is_netlab_serve(command_line(pid), address, port):
+    if not running():
         return False
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
         try:
@@ -292,11 +293,17 @@ def stop_report(address: str, port: int) -> Tuple[List[str], List[str]]:
     return [f"no netlab server listens on {where}"], notes
 
 
+def _stat(pid: int) -> List[str]:
+    """The fields of /proc/PID/stat from the third on (state, ...): after the command name,
+    which may hold spaces and ')'."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        return handle.read().rpartition(")")[2].split()
+
+
 def start_time(pid: int) -> str:
     """The start time of process PID (field 22 of /proc/PID/stat, in clock ticks since boot):
     with the pid, it names one process, never a later one that got the same pid."""
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-        return handle.read().rpartition(")")[2].split()[19]
+    return _stat(pid)[19]
 
 
 def record_server(path: str, index: str, pid: int) -> None:

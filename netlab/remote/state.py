@@ -236,6 +236,7 @@ class RemoteJournal(Journal):
         text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
         if self.torn:  # end the torn line, or the next record would be glued to it and lost
             text = "\n" + text
+        self.torn = True  # until the append is known to have arrived whole
         self.store.append(self.path, text)
         self.torn = False
 

@@ -51,12 +51,7 @@ def _probe_text(step: Step) -> Optional[str]:
     return f'[[ "$({command} 2>/dev/null)" == {shlex.quote(probe.value)} ]]'
 
 
-SERVICE = ("netlab", "serve", "--background")  # a lab service's step: SERVICE + (ADDRESS, PORT)
 APP_END = "NETLAB_HELLO_APP"  # the end of the server's heredoc
-
-
-def is_service(step: Step) -> bool:
-    return step.argv[:3] == SERVICE
 
 
 def _service(step: Step) -> dict:
@@ -118,11 +113,11 @@ def export_script(plan: Plan) -> str:
             "undo": _undo_text(step),
             "probe": _probe_text(step),
             "save": shell_join(in_netns(step.netns, step.save)) if step.save else None,
-            **(_service(step) if is_service(step) else {}),
+            **(_service(step) if step.service else {}),
         }
         for step in plan.steps
     ]
-    app = programs.source("serve") if any(map(is_service, plan.steps)) else None
+    app = programs.source("serve") if any(step.service for step in plan.steps) else None
     if app is not None and APP_END in app.splitlines():
         raise AssertionError(f"the server's source has a line {APP_END}, which ends its heredoc")
     return environment().get_template("script.sh.j2").render(

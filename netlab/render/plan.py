@@ -22,6 +22,7 @@ from netlab.model.sandbox import Sandbox
 from netlab.model.topology import Address, Item, Link, Netns, Route, Topology, Veth
 
 SAVED = "{saved}"  # in an undo argv: the value the step's `save` command printed before it ran
+SERVICE = ("netlab", "serve", "--background")  # a lab service's step: SERVICE + (ADDRESS, PORT)
 
 
 @functools.lru_cache(maxsize=8192)  # the same words come back in every step of a large lab
@@ -57,6 +58,11 @@ class Step:
     undo: Optional[Tuple[str, ...]] = None
     probe: Optional[Probe] = None
     save: Optional[Tuple[str, ...]] = None  # run before the step; its output fills SAVED in undo
+
+    @property
+    def service(self) -> bool:
+        """A lab service's step: `netlab serve --background ADDRESS PORT`."""
+        return self.argv[:3] == SERVICE
 
     @property
     def read_only(self) -> bool:

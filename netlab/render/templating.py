@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # netlab/
@@ -29,14 +28,13 @@ def route_target(destination) -> str:
     return str(destination)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def comment(text) -> str:
     """TEXT safe in a one-line shell comment: validation refuses control characters, and a
     Plan made in Python that holds one still cannot end the comment (a newline would make
     the rest a command): each is written as its escape, \\n or \\x1b."""
-    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], str(text))
+    from netlab.model.source import CONTROL
+
+    return CONTROL.sub(lambda match: repr(match.group())[1:-1], str(text))
 
 
 @functools.lru_cache(maxsize=None)

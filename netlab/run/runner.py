@@ -113,6 +113,7 @@ class Outcome:
     changed: int  # steps run (up) or undone (down)
     found: int  # steps left alone: in effect before the lab (up), or already gone (down)
     summary: str
+    was_up: bool = False  # up: the lab was up before this run (it may have mended it)
 
 
 class _DeferredSignals:
@@ -200,6 +201,11 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
                          None, "--host-netns")
     with store.lock(plan.name):
         record = _current(store, plan.name, reporter)
+        if check and (record is None or not record.complete or record.digest != plan.digest):
+            said = ("not up" if record is None else "up with another plan" if record.digest != plan.digest
+                    else "only partly up")
+            raise LabDrift(f"{plan.name} is {said}{store.where}; `up --check` changes nothing (without it, "
+                           f"`netlab up` brings the lab up)")
         if record is None:
             record = store.create(plan.name, _header(plan), plan.steps)
         else:
@@ -213,12 +219,13 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
                 raise LabConflict(f"an earlier up or down of {plan.name} did not finish; "
                                   f"run `{_down_command(plan.name, executor)}` first")
             record.open_for_append()
-            record.append(resume=os.getpid())
             _settle(record, plan, executor)
+            if to is not None and not {step.index for step in plan.steps[:to]} - record.done - record.found:
+                record.close()  # and no `resume`: where an earlier `up --to` stopped still holds
+                return Outcome(plan.name, 0, 0,
+                               f"{plan.name}: steps 1-{to} of {total} were already done; nothing changed")
+            record.append(resume=os.getpid())
         steps = plan.steps if to is None else plan.steps[:to]
-        if to is not None and not set(step.index for step in steps) - record.done - record.found:
-            record.close()
-            return Outcome(plan.name, 0, 0, f"{plan.name}: steps 1-{to} of {total} were already done; nothing changed")
         with _DeferredSignals() as signals:
             try:
                 apply = _apply if step_by_step else _apply_batched
@@ -263,7 +270,7 @@ def _mend(plan: Plan, record: journals.Journal, store, executor: Executor, repor
     if not missing:
         record.close()
         return Outcome(plan.name, 0, 0, f"{plan.name} is already up ({total} steps, plan {plan.digest}); "
-                                        f"nothing changed")
+                                        f"nothing changed", was_up=True)
     numbers = ", ".join(str(step.index) for step in missing)
     if check:
         record.close()
@@ -276,7 +283,9 @@ def _mend(plan: Plan, record: journals.Journal, store, executor: Executor, repor
             for step in missing:
                 signals.check(f"interrupted before step {step.index} of {total}")
                 reporter.step(step, total, "run")
-                _start(plan, step, record, executor)
+                if step.index in record.servers:  # its server may live on where nobody reaches it: stop it
+                    _stop_server(step, record.servers[step.index], executor)
+                _start(plan, step, record, executor, keep_saved=True)
                 again.append(step.index)
                 _run_started(plan, step, record, executor, mending=True)
         except BaseException as error:
@@ -293,7 +302,7 @@ def _mend(plan: Plan, record: journals.Journal, store, executor: Executor, repor
             raise
     record.close()
     return Outcome(plan.name, len(missing), 0, f"{plan.name} was up with {len(missing)} step(s) missing; mended: "
-                                               f"step(s) {numbers} applied again")
+                                               f"step(s) {numbers} applied again", was_up=True)
 
 
 def _settle(record: journals.Journal, plan: Plan, executor: Executor) -> None:
@@ -342,9 +351,10 @@ def _apply_step(plan: Plan, step: Step, record: journals.Journal, executor: Exec
     return "run"
 
 
-def _start(plan: Plan, step: Step, record: journals.Journal, executor: Executor) -> None:
-    """Record what STEP replaces (a sysctl's old value, for its undo), then that it starts."""
-    if step.save:
+def _start(plan: Plan, step: Step, record: journals.Journal, executor: Executor, keep_saved: bool = False) -> None:
+    """Record what STEP replaces (a sysctl's old value, for its undo), then that it starts. With
+    KEEP_SAVED (a mend), a value saved before stays: the one from before the lab, not the drift."""
+    if step.save and not (keep_saved and step.index in record.saved):
         saved = executor.save(step)
         if not saved.ok:
             raise _step_failed(plan, step, saved)
@@ -362,13 +372,12 @@ def _run_started(plan: Plan, step: Step, record: journals.Journal, executor: Exe
         if result.code != TIMED_OUT and not mending:  # one that timed out may have taken effect: its probe decides
             record.append(failed=step.index)  # what it ran into was not the lab's: never undone
         raise _step_failed(plan, step, result)
-    server = _SERVER.search(result.stdout) if step.argv[:3] == _SERVICE else None
+    server = _SERVER.search(result.stdout) if step.service else None
     if server:
         record.append(server=step.index, pid=int(server.group(1)), started=server.group(2))
     record.append(done=step.index)
 
 
-_SERVICE = ("netlab", "serve", "--background")
 _SERVER = re.compile(r"\(pid (\d+), started (\d+)\)")  # what `netlab serve --background` prints
 
 
