@@ -213,3 +213,16 @@ def test_step_numbers_in_messages_are_the_ones_plan_shows(capsys, tmp_path):
     lab.write_text("name: n\ntitle: t\nsteps:\n  - netns: ns0\n  - netns: ns1\n  - netns: ns2\n")
     code, out, _ = run(capsys, "plan", str(lab))
     assert code == 0 and "  3. " in out and "ip netns add ns2" in out.split("  3. ")[1].splitlines()[1]
+
+
+def test_a_file_that_is_not_a_lab_is_refused_without_showing_any_of_it(capsys, tmp_path):
+    """`netlab plan /etc/shadow` must not print a line of it: not as a key, not as a value."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$y$j9T$SECRETSALT$SECRETHASH:19500:0:99999:7:::\n"
+                      "daemon:*:19500:0:99999:7:::\npassword: hunter2-SECRET\n")
+    for text in (secret.read_text(), "password: hunter2-SECRET\n", "- root:SECRET\n"):
+        secret.write_text(text)
+        code, out, err = run(capsys, "plan", str(secret))
+        assert code == 2 and out == "" and "SECRET" not in err and "hunter2" not in err, err
+        assert err == f"netlab: error: {secret}: not a topology file (one holds a mapping: name, title, params, steps, checks)\n" \
+            or "not valid YAML" in err
