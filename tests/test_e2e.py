@@ -320,15 +320,17 @@ def test_sysctl_is_put_back_to_its_previous_value(lab_factory):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_up_rolls_back(lab_factory, ip_wrapper, signum):
     """A signal in the middle of up (the script stopped at step 15, the signal sent, then
-    SIGCONT): the script undoes what it did and exits 128 + the signal."""
+    SIGCONT): the script undoes what it did and exits 128 + the signal. The signal goes to the
+    script's process group, as Ctrl-C does: bash acts on a SIGINT that reached only itself
+    only if its running command died of it too (and that command may have ended normally)."""
     lab = lab_factory("bridge-3ns")
     before = snapshot(lab)
     process = lab.start("up", stop_at=15, wrappers=ip_wrapper)
     try:
         wait_stopped(process)
-        process.send_signal(signum)
+        os.killpg(process.pid, signum)
     finally:
-        process.send_signal(signal.SIGCONT)
+        os.killpg(process.pid, signal.SIGCONT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, err
     assert "rolled back" in err
