@@ -44,18 +44,30 @@ class Lab:
         self.script.write_text(netlab.export_script(self.plan))
         self.env = {"PATH": PLAIN_PATH, "NETLAB_STATE_DIR": str(state_dir)}  # as `env -i PATH=...`
         self.journal = state_dir / f"{prefix}.script"
+        self.stopped = tmp_path / f"{name}.stopped"  # the pid of the step's command, stopped
+
+    def wait_stopped(self) -> int:
+        """The pid of the step's command once it is stopped (the wrapper writes it, then stops)."""
+        while not (self.stopped.exists() and self.stopped.read_text().strip()):
+            time.sleep(0.01)
+        pid = int(self.stopped.read_text())
+        wait_stopped(pid)
+        self.stopped.unlink()
+        return pid
 
     def run(self, *args) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(self.script), *args], capture_output=True, text=True, env=self.env,
                               stdin=subprocess.DEVNULL, timeout=300, cwd="/")
 
     def start(self, *args, stop_at=None, wrappers=None) -> subprocess.Popen:
-        """The script in the background; with STOP_AT (a step), it stops itself (SIGSTOP) as that
-        step's command starts, through the `ip` wrapper in WRAPPERS first in PATH."""
+        """The script in the background; with STOP_AT (a step), that step's command stops (SIGSTOP)
+        as it starts, through the `ip` wrapper in WRAPPERS first in PATH, and writes its pid to
+        self.stopped: the script then waits for it, at that exact step."""
         env = dict(self.env)
         if stop_at is not None:
             env["PATH"] = f"{wrappers}:{PLAIN_PATH}"
             env["NETLAB_TEST_STOP"] = self.script_command(stop_at)
+            env["NETLAB_TEST_STOPPED"] = str(self.stopped)
         return subprocess.Popen(["bash", str(self.script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True, cwd="/")
 
@@ -107,12 +119,15 @@ class Lab:
 
 @pytest.fixture
 def ip_wrapper(tmp_path_factory):
-    """A directory with an `ip` that stops its caller (the script) with SIGSTOP when its words
-    are $NETLAB_TEST_STOP, then runs the real ip: the script stops at that exact step."""
+    """A directory with an `ip` that, when its words are $NETLAB_TEST_STOP, writes its pid to
+    $NETLAB_TEST_STOPPED and stops itself (SIGSTOP), then runs the real ip: the script waits
+    for it at that exact step, as it waits for any command."""
     directory = tmp_path_factory.mktemp("stop-wrapper")
     wrapper = directory / "ip"
     wrapper.write_text('#!/bin/bash\n'
-                       'if [[ -n ${NETLAB_TEST_STOP:-} && "ip $*" == "$NETLAB_TEST_STOP" ]]; then kill -STOP "$PPID"; fi\n'
+                       'if [[ -n ${NETLAB_TEST_STOP:-} && "ip $*" == "$NETLAB_TEST_STOP" ]]; then\n'
+                       '  echo $$ > "$NETLAB_TEST_STOPPED"; kill -STOP $$\n'
+                       'fi\n'
                        f'exec {shutil.which("ip")} "$@"\n')
     wrapper.chmod(0o755)
     return directory
@@ -245,9 +260,10 @@ def test_kill_9_in_the_middle_of_up_then_down_leaves_nothing(lab_factory, ip_wra
     for point in _kill_points(lab):
         process = lab.start("up", stop_at=point, wrappers=ip_wrapper)
         try:
-            wait_stopped(process)
+            command = lab.wait_stopped()
         finally:
             process.kill()
+        os.kill(command, signal.SIGCONT)  # the step's command runs on, its script gone
         process.communicate(timeout=60)
         _wait_for_group_gone(process.pid)
         record = lab.journal.read_text()
@@ -319,16 +335,16 @@ def test_sysctl_is_put_back_to_its_previous_value(lab_factory):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_up_rolls_back(lab_factory, ip_wrapper, signum):
-    """A signal in the middle of up (the script stopped at step 15, the signal sent, then
-    SIGCONT): the script undoes what it did and exits 128 + the signal. The signal goes to the
-    script's process group, as Ctrl-C does: bash acts on a SIGINT that reached only itself
-    only if its running command died of it too (and that command may have ended normally)."""
+    """A signal in the middle of up (step 15's command stopped while the script waits for it;
+    the signal sent to both, as Ctrl-C does; then SIGCONT): the command dies of it, so bash acts
+    on it (bash ignores a SIGINT when the command it waits for ends normally), undoes what it
+    did and exits 128 + the signal."""
     lab = lab_factory("bridge-3ns")
     before = snapshot(lab)
     process = lab.start("up", stop_at=15, wrappers=ip_wrapper)
     try:
-        wait_stopped(process)
-        os.killpg(process.pid, signum)
+        lab.wait_stopped()
+        os.killpg(process.pid, signum)  # the script and its stopped command, as Ctrl-C does
     finally:
         os.killpg(process.pid, signal.SIGCONT)
     _, err = process.communicate(timeout=120)
