@@ -2,27 +2,26 @@
 
 Tests marked `root` need root and network namespaces. Without them they are
 skipped on a developer machine, but fail in CI (CI is root: a skip there would
-hide a broken suite). Every namespace a test makes starts with `nlt` and the
-pytest process id; whatever a test leaves is removed after it, and the session
-fails if the root namespace's links, addresses, routes, iptables rules or
-ip_forward changed.
+hide a broken suite). Every namespace a test makes starts with this run's
+prefix: `nlt` and five random characters ($NETLAB_TEST_PREFIX when set, as
+.ci/run sets it to check what the run left), never a process id, which another
+suite in another PID namespace may share. Whatever a test leaves is removed
+after it, and the session fails if the root namespace's links, addresses,
+routes, iptables rules or ip_forward changed.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
+import secrets
 import subprocess
 import time
 
 import pytest
 
 IN_CI = bool(os.environ.get("CI"))
-RUN_PREFIX = f"nlt{os.getpid() % 100000}"
-# Every process this run starts inherits the mark (a server detaches, but keeps its environment):
-# at the end, one still running is a leak of this run, never another suite's.
-RUN_MARK = f"NETLAB_TEST_RUN={RUN_PREFIX}"
-os.environ["NETLAB_TEST_RUN"] = RUN_PREFIX
 _counter = itertools.count(1)
 
 
@@ -34,10 +33,43 @@ def namespaces() -> list:
     return sorted(line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line.strip())
 
 
+def _run_prefix() -> str:
+    """This run's prefix: $NETLAB_TEST_PREFIX, or `nlt` and five random letters and digits
+    that no namespace here starts with (another suite beside this one has its own)."""
+    given = os.environ.get("NETLAB_TEST_PREFIX")
+    if given is not None:
+        if not re.fullmatch(r"nlt[a-z0-9]{5}", given):
+            raise pytest.UsageError(f"NETLAB_TEST_PREFIX={given!r}: `nlt` and 5 lowercase letters or digits")
+        return given
+    taken = tuple(namespaces()) if os.geteuid() == 0 else ()
+    while True:
+        prefix = "nlt" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(5))
+        if not any(name.startswith(prefix + "-") for name in taken):
+            return prefix
+
+
+RUN_PREFIX = _run_prefix()
+# Every process this run starts inherits the mark (a server detaches, but keeps its environment):
+# at the end, one still running is a leak of this run, never another suite's.
+RUN_ENV = {"NETLAB_TEST_RUN": RUN_PREFIX}  # for a test's own clean environment (`env -i` as a user runs)
+RUN_MARK = f"NETLAB_TEST_RUN={RUN_PREFIX}"
+os.environ.update(RUN_ENV)
+
+
+def _marked(entry: str) -> bool:
+    """Whether process ENTRY (a /proc directory name) was started by this run: RUN_MARK is
+    in its environment (so a process of another suite beside this one never counts)."""
+    try:
+        with open(f"/proc/{entry}/environ", "rb") as handle:
+            return RUN_MARK.encode() in handle.read().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+
+
 def serve_processes(address: str) -> list:
-    """The pids of the processes, in any namespace, whose command line has the word `serve` (or
-    `--background`: an exported script's `python3 - --background ADDRESS PORT`) and ADDRESS: a
-    lab's server left running (read from /proc, independently of netlab)."""
+    """The pids of this run's processes, in any namespace, whose command line has the word
+    `serve` (or `--background`: an exported script's `python3 - --background ADDRESS PORT`)
+    and ADDRESS: a lab's server left running (read from /proc, independently of netlab)."""
     pids = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -45,7 +77,8 @@ def serve_processes(address: str) -> list:
                 argv = handle.read().decode(errors="replace").split("\0")
         except OSError:  # not a process, or gone
             continue
-        if ("serve" in argv or "--background" in argv) and address in argv and int(entry) != os.getpid():
+        if ("serve" in argv or "--background" in argv) and address in argv and int(entry) != os.getpid() \
+                and _marked(entry):
             pids.append(int(entry))
     return pids
 
@@ -156,6 +189,24 @@ def sandbox_prefix():
 
 
 @pytest.fixture
+def harness(sandbox_prefix):
+    """A namespace that netlab did not create, to play the host (--host-netns).
+
+    It is set up like any host, for two kernel facts no undo can reverse in a
+    pristine namespace: bringing a never-used lo up adds 127.0.0.1 and a qdisc
+    that taking it down does not remove, and iptables-nft creates a table (with
+    empty chains) on its first use, even by `iptables -C`. So lo is up, and the
+    filter and nat tables exist (setting a policy to ACCEPT creates them).
+    """
+    name = f"{sandbox_prefix}-h"
+    sh("ip", "netns", "add", name, check=True)
+    for argv in (("ip", "link", "set", "lo", "up"), ("iptables", "-P", "FORWARD", "ACCEPT"),
+                 ("iptables", "-t", "nat", "-P", "POSTROUTING", "ACCEPT")):
+        sh("ip", "netns", "exec", name, *argv, check=True)
+    return name
+
+
+@pytest.fixture
 def ssh_host(sandbox_prefix):
     """An OpenSSH server in namespace {sandbox_prefix}-ssh-srv, reached from {sandbox_prefix}-ssh-cli
     (tests/sshd.py); skipped without OpenSSH (a failure in CI), all removed after the test."""
@@ -204,17 +255,14 @@ def leftover_processes() -> list:
     """The processes this run started that still run (found by RUN_MARK in their environment)."""
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
-        if int(entry) == os.getpid():
+        if int(entry) == os.getpid() or not _marked(entry):
             continue
         try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environment = handle.read().split(b"\0")
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 argv = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if RUN_MARK.encode() in environment:
-            found.append((int(entry), argv))
+        found.append((int(entry), argv))
     return found
 
 

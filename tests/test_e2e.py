@@ -23,7 +23,7 @@ import time
 import pytest
 
 import netlab
-from conftest import namespaces, netns_inode, pids_in_netns, serve_processes, sh, wait_stopped
+from conftest import RUN_ENV, namespaces, netns_inode, pids_in_netns, serve_processes, sh, wait_stopped
 from kernel import changes, settled
 from kernel import snapshot as kernel_snapshot
 from test_golden import LABS
@@ -42,7 +42,7 @@ class Lab:
         self.plan = netlab.build_plan(self.topology, self.sandbox)
         self.script = tmp_path / f"{name}.sh"
         self.script.write_text(netlab.export_script(self.plan))
-        self.env = {"PATH": PLAIN_PATH, "NETLAB_STATE_DIR": str(state_dir)}  # as `env -i PATH=...`
+        self.env = {"PATH": PLAIN_PATH, "NETLAB_STATE_DIR": str(state_dir), **RUN_ENV}  # as `env -i PATH=...`
         self.journal = state_dir / f"{prefix}.script"
         self.stopped = tmp_path / f"{name}.stopped"  # the pid of the step's command, stopped
 

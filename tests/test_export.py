@@ -11,6 +11,7 @@ import pytest
 import netlab
 import netlab.programs
 from netlab.render.plan import Plan, Probe, Step
+from conftest import RUN_ENV
 from test_golden import LABS
 
 needs_shellcheck = pytest.mark.skipif(
@@ -119,7 +120,7 @@ def test_the_server_in_the_script_runs_without_netlab(tmp_path):
         port = probe.getsockname()[1]
     journal = tmp_path / "lab.script"
     journal.write_text("plan x\n")
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # no netlab anywhere
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **RUN_ENV}  # no netlab anywhere
     started = subprocess.run(["python3", "-", "--background", "127.0.0.1", str(port), "--record", str(journal), "7"],
                              input=app, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
     assert started.returncode == 0, started.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -138,6 +139,18 @@ def _records_on_disk(path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()[1:]]
 
 
+@contextlib.contextmanager
+def _reaped(process):
+    """PROCESS killed (if still there) and reaped after the block, whatever it asserted."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
 def _writer(tmp_path, pause):
     env = {key: value for key, value in os.environ.items() if key != journal.PAUSE}
     if pause is not None:
@@ -156,16 +169,11 @@ def _writer(tmp_path, pause):
 def test_the_pause_point_stops_the_process_right_after_its_record(tmp_path, pause, upto):
     assert journal.PAUSE == "NETLAB_TEST_PAUSE"
     process, path = _writer(tmp_path, pause)
-    try:
+    with _reaped(process):
         wait_stopped(process, timeout=60)
         assert _records_on_disk(path) == _WRITTEN[:upto]  # durable, and nothing after it
         os.kill(process.pid, signal.SIGCONT)
         assert process.wait(timeout=60) == 0, process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
     assert _records_on_disk(path) == _WRITTEN
 
 
@@ -174,11 +182,6 @@ def test_no_pause_without_a_matching_record(tmp_path, pause):
     """Unset or empty, and a record that never comes (as a test choosing a step its run never
     starts would see): the process runs to its end."""
     process, path = _writer(tmp_path, pause)
-    try:
+    with _reaped(process):
         assert process.wait(timeout=60) == 0, process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
     assert _records_on_disk(path) == _WRITTEN

@@ -47,19 +47,6 @@ CASES = {
 }
 
 
-@pytest.fixture
-def harness(sandbox_prefix):
-    """A namespace netlab did not create, playing the host; lo up and the filter and nat
-    tables made (kernel facts no undo reverses in a pristine namespace: see test_runner)."""
-    name = f"{sandbox_prefix}-h"
-    sh("ip", "netns", "add", name, check=True)
-    for argv in (("ip", "link", "set", "lo", "up"), ("iptables", "-P", "FORWARD", "ACCEPT"),
-                 ("iptables", "-t", "nat", "-P", "POSTROUTING", "ACCEPT")):
-        sh("ip", "netns", "exec", name, *argv, check=True)
-    yield name
-    sh("ip", "netns", "del", name)
-
-
 def netlab(state_dir, *args):
     env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir)}
     env.pop("NETLAB_TEST_PAUSE", None)

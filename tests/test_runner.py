@@ -180,24 +180,6 @@ def cli(state_dir, wrappers, sandbox_prefix) -> Netlab:
     netlab_cli.stop_all()
 
 
-@pytest.fixture
-def harness(sandbox_prefix):
-    """A namespace that netlab did not create, to play the host (--host-netns).
-
-    It is set up like any host, for two kernel facts no undo can reverse in a
-    pristine namespace: bringing a never-used lo up adds 127.0.0.1 and a qdisc
-    that taking it down does not remove, and iptables-nft creates a table (with
-    empty chains) on its first use, even by `iptables -C`. So lo is up, and the
-    filter and nat tables exist (setting a policy to ACCEPT creates them).
-    """
-    name = f"{sandbox_prefix}-h"
-    sh("ip", "netns", "add", name, check=True)
-    for argv in (("ip", "link", "set", "lo", "up"), ("iptables", "-P", "FORWARD", "ACCEPT"),
-                 ("iptables", "-t", "nat", "-P", "POSTROUTING", "ACCEPT")):
-        sh("ip", "netns", "exec", name, *argv, check=True)
-    return name
-
-
 def _plan(target, prefix, host_netns=None):
     return netlab.make_plan(str(target), sandbox=prefix, host_netns=host_netns)
 

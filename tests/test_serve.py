@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import netlab
-from conftest import namespaces, serve_processes, sh
+from conftest import RUN_ENV, namespaces, serve_processes, sh
 from netlab.cli import main
 from netlab.errors import InputError
 from netlab.programs.serve import is_netlab_serve, listening_inodes
@@ -339,7 +339,7 @@ def test_exported_script_stops_before_anything_when_python3_is_missing(sandbox_p
     for tool in ("ip", "ss", "flock", "mkdir", "chmod", "rm", "sed", "awk", "seq", "cat", "stat"):
         if shutil.which(tool):
             (bin_dir / tool).symlink_to(shutil.which(tool))
-    env = {"PATH": str(bin_dir), "NETLAB_STATE_DIR": str(tmp_path / "state")}
+    env = {"PATH": str(bin_dir), "NETLAB_STATE_DIR": str(tmp_path / "state"), **RUN_ENV}
     result = subprocess.run([shutil.which("bash"), str(script), "up"], capture_output=True, text=True, env=env,
                             timeout=60)
     assert result.returncode == 2

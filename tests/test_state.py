@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import namespaces, sh, wait_stopped
+from conftest import RUN_ENV, namespaces, sh, wait_stopped
 from kernel import changes, settled, snapshot
 from netlab.model.star import star_lab
 
@@ -119,7 +119,7 @@ def test_a_lock_that_is_not_a_file_is_one_clear_line(state, sandbox_prefix, kind
 def test_the_script_checks_its_state_dir_before_it_changes_anything(state, sandbox_prefix, tmp_path):
     script = tmp_path / "lab.sh"
     assert netlab(state, "export", "ns-basics", "--sandbox", sandbox_prefix, "-o", script).returncode == 0
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETLAB_STATE_DIR": str(state)}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETLAB_STATE_DIR": str(state), **RUN_ENV}
     run = lambda: subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, env=env,  # noqa: E731
                                  stdin=subprocess.DEVNULL, timeout=120)
     os.chmod(state, 0o777)
