@@ -103,7 +103,7 @@ def _print_json(data) -> None:
 
 @app.command("labs")
 def labs_command(as_json: bool = typer.Option(False, "--json", help="A JSON list, for scripts.")):
-    """List the built-in labs: name, title and source document.
+    """List the built-in labs: name, title, source document, and the tour of those with stages.
 
     Example: netlab labs
     """
@@ -111,12 +111,14 @@ def labs_command(as_json: bool = typer.Option(False, "--json", help="A JSON list
 
     labs = catalog()
     if as_json:
-        _print_json([{"name": lab.name, "title": lab.title, "document": lab.document} for lab in labs])
+        _print_json([{"name": lab.name, "title": lab.title, "document": lab.document, "stages": lab.stages}
+                     for lab in labs])
         return
     width = max(len(lab.name) for lab in labs)
     for lab in labs:
         typer.echo(f"{lab.name:<{width}}  {lab.title}")
-        typer.echo(f"{'':<{width}}  from {lab.document}")
+        tour = f"; a tour of {lab.stages} stages (netlab tour {lab.name} --sandbox)" if lab.stages else ""
+        typer.echo(f"{'':<{width}}  from {lab.document}{tour}")
 
 
 @app.command("show")
@@ -432,6 +434,79 @@ def doctor_command(
             typer.echo(line)
     if not report.healthy:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("tour")
+def tour_command(
+    target: str = typer.Argument(..., metavar="LAB", help=TARGET_HELP + " It must declare stages (`netlab labs`)."),
+    sandbox: Optional[str] = _SANDBOX_OPTION,
+    assignments: List[str] = _SET_OPTION,
+    no_pause: bool = typer.Option(False, "--no-pause", help=(
+        "Run straight through, without waiting for Enter (as without a terminal: for CI and scripts).")),
+    as_json: bool = typer.Option(False, "--json", help=(
+        "Print the tour as one JSON record at the end (stages, commands, checks expected and observed, "
+        "packets) instead of the story; never waits.")),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help=(
+        "Also write the story as a lab sheet in Markdown: each stage's explanation, its exact commands "
+        "and this run's real outputs.")),
+    keep: bool = typer.Option(False, "--keep", help="Leave the lab up after the last stage (`netlab down` later)."),
+):
+    """Walk the documents' story of a lab, live, stage by stage, in a sandbox.
+
+    Each stage shows what it is about and the commands it runs, waits for Enter,
+    brings the lab up to its step (as `up --to` does), runs its checks and sets
+    what they gave against what the documents say, with doctor's root cause of
+    each check that fails, the packets captured where the documents run tcpdump,
+    and the NAT rules where they list them. Ctrl-C at any point takes the lab
+    down; so does the end of the tour (unless --keep). Exit code 0 when every
+    stage observed what the documents say, 1 when one did not (the tour is also
+    a test that the story holds on this kernel), 2 bad input, 130 interrupted.
+
+    Example: sudo netlab tour egress-ingress --sandbox
+
+    Example: sudo netlab tour egress-ingress --sandbox --no-pause --markdown lab4-sheet.md
+    """
+    import contextlib
+
+    from netlab.run.progress import TerminalReporter
+    from netlab.run.runner import Interrupted, Reporter
+    from netlab.tour.walk import walk
+
+    if sandbox is None:
+        raise InputError("a tour builds the lab and takes it down again in a sandbox: add --sandbox", None, "--sandbox")
+    if markdown is not None and (markdown.is_dir() or not markdown.absolute().parent.is_dir()):
+        raise InputError(f"{markdown}: not a file in an existing directory", None, "--markdown")
+    plan = _make_plan(target, sandbox, assignments)
+    say = (lambda line: None) if as_json else typer.echo
+    pause = None if as_json or no_pause or not sys.stdin.isatty() else input
+    try:
+        with (contextlib.nullcontext(Reporter()) if as_json else TerminalReporter()) as reporter:
+            tour = walk(plan, reporter=reporter, say=say, pause=pause, keep=keep)
+    except Interrupted as interrupt:  # the lab is down again; what the tour saw so far is shown
+        _tour_output(interrupt.tour, as_json, markdown)
+        raise
+    _tour_output(tour, as_json, markdown)
+    if not tour.as_expected:
+        for line in tour.differences():
+            sys.stderr.write(f"netlab: {line}\n")
+        raise NetlabError(f"{plan.name}: {len(tour.differences())} checks of the tour did not give what the "
+                          f"documents say (above)")
+
+
+def _tour_output(tour, as_json: bool, markdown: Optional[Path]) -> None:
+    if as_json:
+        _print_json(tour.to_dict())
+    else:
+        verdict = ("every stage as the documents say" if tour.as_expected else
+                   "interrupted" if tour.interrupted else "a stage differs from the documents")
+        typer.echo(f"\n{tour.plan.name}: tour of {tour.plan.lab}: {len(tour.stages)} of {len(tour.plan.stages)} "
+                   f"stages, {verdict}")
+    if markdown is not None:
+        from netlab.render.export import write_file
+        from netlab.tour.sheet import sheet
+
+        write_file(markdown, sheet(tour), 0o644, "--markdown")
+        typer.echo(f"wrote {markdown}", err=True)
 
 
 @app.command("exec", context_settings={"ignore_unknown_options": True})

@@ -195,7 +195,7 @@ def test_netlab_alone_prints_the_whole_help_and_exits_2():
     (["export", "--sandbox", "labs/mine.yaml"], "no lab or file named 'labs/mine.yaml'; `netlab labs` lists the built-in labs"),
     (["plan", "--sandbox", "box1"], "Missing argument 'TARGET'. (see: netlab plan --help)"),  # a real prefix
     (["plan", "egress-ingress", "--set", "public_ip=abc"],
-     "egress-ingress: steps[17].dnat: 'abc' is not an IPv4 address (from --set public_ip='abc')"),
+     "egress-ingress: steps[18].dnat: 'abc' is not an IPv4 address (from --set public_ip='abc')"),
     (["plan", "egress-ingress", "--set", "publik_ip=1.2.3.4"],
      "egress-ingress: --set publik_ip: the lab has no such parameter (its parameters: public_ip, uplink, internet_ip)"),
 ])

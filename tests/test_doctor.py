@@ -189,10 +189,12 @@ def test_up_verify_rolls_back_when_a_check_fails(cli, sandbox_prefix, tmp_path):
 
 
 def _drop_dnat(source: str):
-    """The egress-ingress topology without its DNAT steps."""
+    """The egress-ingress topology without its DNAT steps (and its stages, which run to them)."""
     lines, skipping = source.splitlines(), False
     for line in lines:
-        if line.startswith("  - "):
+        if line == "stages:":
+            return
+        if line.startswith("  - ") or not line.startswith(" "):
             skipping = line.startswith("  - dnat:")
         if not skipping:
             yield line

@@ -128,7 +128,7 @@ CLI_CASES = [
     ),
     pytest.param(
         ["plan", "egress-ingress", "--set", "public_ip=1.2.3.4;reboot"],
-        "egress-ingress: steps[17].dnat: '1.2.3.4;reboot' is not an IPv4 address (from --set public_ip='1.2.3.4;reboot')",
+        "egress-ingress: steps[18].dnat: '1.2.3.4;reboot' is not an IPv4 address (from --set public_ip='1.2.3.4;reboot')",
         id="set-value-reaches-dnat",
     ),
     pytest.param(

@@ -2,7 +2,7 @@
 
 The order, lowest first (DESIGN.md, README "Development"):
 
-    programs < model < render < run < remote < check < the top (cli, lab)
+    programs < model < render < run < remote < check < tour < the top (cli, lab)
 
 netlab.errors and the package root (`__version__`) are the foundation every
 stage may import. netlab.programs imports nothing of netlab at all: its
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "netlab"
-STAGES = ("programs", "model", "render", "run", "remote", "check")
+STAGES = ("programs", "model", "render", "run", "remote", "check", "tour")
 TOP_MODULES = {"__init__", "__main__", "cli", "lab", "errors"}
 FOUNDATION = {"netlab", "netlab.errors"}
 TOP = len(STAGES)

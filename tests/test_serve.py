@@ -318,8 +318,9 @@ def test_up_starts_the_lab_s_service_and_down_stops_it(sandbox_prefix, tmp_path)
         server = set(serve_processes("192.168.0.2")) - others
         assert len(server) == 1, server
         status = json.loads(cli("status", sandbox_prefix, "--json"))
-        assert status["steps"][-1]["state"] == "in effect"
-        assert status["steps"][-1]["command"].endswith("netlab serve --background 192.168.0.2 3000")
+        service = [step for step in status["steps"] if " netlab serve " in step["command"]]
+        assert [step["state"] for step in service] == ["in effect"]
+        assert service[0]["command"].endswith("netlab serve --background 192.168.0.2 3000")
     finally:
         cli("down", sandbox_prefix)
     assert not server & set(serve_processes("192.168.0.2")), "down left the lab's server running"

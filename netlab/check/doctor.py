@@ -94,6 +94,13 @@ def diagnose(name: str, state_dir=None, executor: Optional[Executor] = None) -> 
     return Report(record.name, results, causes)
 
 
+def causes_of(record, check: LabCheck, executor: Optional[Executor] = None) -> List[Cause]:
+    """The causes doctor finds on the path of CHECK, a check that fails, in the live lab of
+    the journal RECORD: what stops it there and then, whether or not the lab is fully up
+    (a tour stage's check that fails before the step that fixes it, as the documents show)."""
+    return _path(Live(executor or Executor(), namespaces(record)), record.steps(), check)
+
+
 # ------------------------------------------------------------ the live kernel
 class Live:
     """What the kernel says, per side of the lab, read once each."""

@@ -23,6 +23,7 @@ class LabInfo:
     title: str
     document: str
     path: Path
+    stages: int = 0  # the tour's stages (netlab tour)
 
 
 def builtin_path(name: str) -> Optional[Path]:
@@ -35,7 +36,7 @@ def catalog() -> List[LabInfo]:
     labs = []
     for path in LABS_DIR.glob("*.yaml"):
         data = read_yaml(path.read_text(), path.name)
-        labs.append(LabInfo(data["name"], data["title"], data["document"], path))
+        labs.append(LabInfo(data["name"], data["title"], data["document"], path, len(data.get("stages") or ())))
     return sorted(labs, key=lambda lab: (lab.document, lab.name))
 
 

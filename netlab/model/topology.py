@@ -10,6 +10,7 @@ must exist in a namespace before it is addressed there.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import reprlib
@@ -158,6 +159,7 @@ class Topology:
     steps: Tuple[Item, ...]
     checks: Tuple[Check, ...]
     source: str = field(default="", compare=False)
+    stages: tuple = ()  # netlab.model.stages.Stage: the documents' story, for `netlab tour`
 
     @property
     def namespaces(self) -> Tuple[str, ...]:
@@ -361,7 +363,7 @@ _SCHEMA: Dict[str, Tuple[type, Dict[str, Tuple[str, Callable, Any]]]] = {
 }
 _COMMON = {"netns": ("netns", netns_name, None), "why": ("why", explanation, None)}
 _CHECK_KINDS = ("ping", "tcp", "http")
-_TOP_KEYS = ("name", "title", "document", "params", "steps", "checks")
+_TOP_KEYS = ("name", "title", "document", "params", "steps", "checks", "stages")
 
 
 # ---------------------------------------------------------------- parsing
@@ -409,7 +411,11 @@ def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] =
     )
     topology = Topology(name, title, document, tuple(params.items()), steps, checks, source)
     _check_references(fail, topology)
-    return topology
+    if data.get("stages") is None:
+        return topology
+    from netlab.model.stages import parse_stages  # it builds on this module's parsers
+
+    return dataclasses.replace(topology, stages=parse_stages(fail, data["stages"], params, topology))
 
 
 def _from_params(fail, where: str, raw: Any, overrides: Dict[str, str], parse: Callable):

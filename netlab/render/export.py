@@ -134,23 +134,28 @@ def export_script(plan: Plan) -> str:
 
 
 def write_script(path: Path, text: str) -> None:
-    """Write the script at PATH, mode 0755, all or nothing: a temporary file made beside PATH
-    with O_EXCL (mkstemp: never through a planted symlink or into someone's file), then
-    renamed over PATH."""
+    """Write the script at PATH, mode 0755, all or nothing (write_file)."""
+    write_file(path, text, 0o755, "--output")
+
+
+def write_file(path: Path, text: str, mode: int, option: str) -> None:
+    """Write TEXT at PATH with MODE, all or nothing: a temporary file made beside PATH with
+    O_EXCL (mkstemp: never through a planted symlink or into someone's file), then renamed
+    over PATH. A failure is bad input for OPTION, the option that named PATH."""
     import tempfile
 
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     except OSError as error:
-        raise InputError(f"cannot write: {error.strerror or error}", str(path), "--output") from None
+        raise InputError(f"cannot write: {error.strerror or error}", str(path), option) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-            os.fchmod(handle.fileno(), 0o755)
+            os.fchmod(handle.fileno(), mode)
         os.replace(temporary, path)
     except OSError as error:
         try:
             os.unlink(temporary)
         except OSError:
             pass
-        raise InputError(f"cannot write: {error.strerror or error}", str(path), "--output") from None
+        raise InputError(f"cannot write: {error.strerror or error}", str(path), option) from None

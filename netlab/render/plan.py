@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from netlab.model.sandbox import Sandbox
+from netlab.model.stages import Stage
 from netlab.model.topology import Address, Item, Link, Netns, Route, Topology, Veth
 
 SAVED = "{saved}"  # in an undo argv: the value the step's `save` command printed before it ran
@@ -182,6 +183,19 @@ class LabCheck:
 
 
 @dataclass(frozen=True)
+class PlanStage:
+    """A stage of the lab (netlab.model.stages), placed in the plan: the plan step it runs
+    up to (a sandbox's own steps come first), its checks placed, each with what it is
+    expected to give, the real namespace of its capture, and the read-only steps it shows."""
+
+    stage: Stage
+    through: int
+    checks: Tuple[Tuple[LabCheck, str], ...]  # (check, "pass" or "fail")
+    capture_netns: Optional[str] = None
+    show: Tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
 class Plan:
     lab: str
     title: str
@@ -191,6 +205,7 @@ class Plan:
     steps: Tuple[Step, ...]
     host_netns: Optional[str] = None  # an existing namespace that plays the host
     checks: Tuple[LabCheck, ...] = ()
+    stages: Tuple[PlanStage, ...] = ()  # for `netlab tour`; not part of what the plan does (its digest)
 
     def netns(self, name: str) -> str:
         """The real name of the lab's namespace NAME (the sandbox prefixes it)."""
@@ -289,24 +304,43 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
 
     env = environment()
     moved = {(item.netns, item.name) for item in items if isinstance(item, Link) and item.move_to}
-    steps = []
-    for item in items:
+
+    def render(item: Item):
+        """The steps of ITEM, as the templates' JSON lines."""
         side = nsname(item.netns) if item.netns else host
         text = env.get_template(f"{item.kind}.j2").render(item=item, ns=side, nsname=nsname, moved=moved)
-        for line in text.splitlines():
-            if line.strip():
-                steps.append(Step.from_dict(len(steps) + 1, json.loads(line)))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    steps, ends = [], []  # ends: the number of steps once each item is rendered
+    for item in items:
+        for data in render(item):
+            steps.append(Step.from_dict(len(steps) + 1, data))
+        ends.append(len(steps))
     name = sandbox.prefix if sandbox else topology.name
     checks = tuple(_place(check, sandbox, host, nsname) for check in topology.checks)
-    return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps), host_netns, checks)
+    offset = len(items) - len(topology.steps)  # the sandbox's own items come first
+    stages = tuple(
+        PlanStage(stage, ends[offset + stage.through - 1],
+                  tuple((_place(entry.check, sandbox, host, nsname), entry.expect) for entry in stage.checks),
+                  _side(stage.capture.netns, sandbox, host, nsname) if stage.capture else None,
+                  tuple(Step.from_dict(0, data) for shown in stage.show for data in render(shown)))
+        for stage in topology.stages)
+    return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps), host_netns, checks,
+                stages)
+
+
+def _side(source: str, sandbox: Optional[Sandbox], host: Optional[str], nsname) -> Optional[str]:
+    """The real namespace of the lab's side SOURCE: the host's, the sandbox's internet, or a
+    lab namespace (None: the root namespace, or an internet side with no sandbox)."""
+    if source == "host":
+        return host
+    if source == "internet":
+        return sandbox.wan if sandbox else None
+    return nsname(source)
 
 
 def _place(check, sandbox: Optional[Sandbox], host: Optional[str], nsname) -> LabCheck:
     """Where CHECK runs: the host side, the sandbox's internet, or a lab namespace."""
-    if check.source == "host":
-        netns, runnable = host, True
-    elif check.source == "internet":
-        netns, runnable = (sandbox.wan, True) if sandbox else (None, False)
-    else:
-        netns, runnable = nsname(check.source), True
-    return LabCheck(check.kind, check.source, netns, str(check.address), check.port, check.path, runnable)
+    runnable = check.source != "internet" or sandbox is not None
+    return LabCheck(check.kind, check.source, _side(check.source, sandbox, host, nsname), str(check.address),
+                    check.port, check.path, runnable)
