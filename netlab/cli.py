@@ -566,20 +566,15 @@ def capture_command(
 
     Example: sudo netlab capture nl-ei ens3 -w uplink.pcap   (then: wireshark uplink.pcap)
     """
-    import shutil
-
+    from netlab.check.capture import require_tcpdump, tcpdump_argv
     from netlab.check.status import find_link, read_lab
 
     record, _ = read_lab(name, action="capture")
     real, link = find_link(record, iface)
-    argv = ["tcpdump", "-n", "-l", "-i", link] + (["-c", str(count)] if count else [])
-    if write is not None:
-        if write.is_dir() or not write.parent.is_dir():
-            raise InputError(f"{write}: not a file in an existing directory", None, "--write")
-        argv += ["-U", "-w", str(write.absolute())]  # -U: each packet written as it comes, so Ctrl-C loses none
-    argv += list(expression or [])
-    if shutil.which("tcpdump") is None:
-        raise NetlabError("tcpdump is not installed (on Debian or Ubuntu: apt-get install tcpdump)")
+    if write is not None and (write.is_dir() or not write.parent.is_dir()):
+        raise InputError(f"{write}: not a file in an existing directory", None, "--write")
+    argv = tcpdump_argv(link, expression or (), count, None if write is None else str(write.absolute()))
+    require_tcpdump()
     where = f"{link} in {real}" if real else link
     into = f", into {write} (a pcap file for Wireshark)" if write is not None else ""
     until = f"after {count} packets or Ctrl-C" if count else "with Ctrl-C"
