@@ -122,14 +122,21 @@ def labs_command(as_json: bool = typer.Option(False, "--json", help="A JSON list
 
 
 @app.command("show")
-def show_command(lab: str = typer.Argument(..., metavar="LAB", help=TARGET_HELP)):
+def show_command(
+    lab: str = typer.Argument(..., metavar="LAB", help=TARGET_HELP),
+    steps: bool = typer.Option(False, "--steps", help=(
+        "Print the lab in the step form: a lab of nodes and links compiled into the ordered steps it "
+        "runs (a file that works the same), checked first; a lab of steps as it is.")),
+):
     """Print a lab's topology file, to read, or to copy and edit.
 
     Example: netlab show egress-ingress > my-lab.yaml
-    """
-    from netlab.model.source import read_text
 
-    typer.echo(read_text(lab), nl=False)
+    Example: netlab show two-subnets --steps > my-steps.yaml
+    """
+    from netlab.model.source import read_text, step_form_text
+
+    typer.echo(step_form_text(lab) if steps else read_text(lab), nl=False)
 
 
 @app.command("plan")

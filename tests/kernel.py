@@ -73,9 +73,11 @@ def settled(state: dict, prefix: str = "", indexes: bool = False) -> dict:
     passes: timers, IPv6 autoconfiguration (the labs are IPv4 only), carrier and
     operstate while links settle. MAC addresses (random) and PREFIX are masked,
     so two sandboxes of one lab compare equal. With INDEXES, interface indexes
-    are masked too: they follow the order in which links were made, not what
-    they are (a veth end made in its namespace gets that namespace's next one,
-    a moved one keeps its own)."""
+    are masked too, and links, addresses and routes are compared as sets: the
+    indexes, and so the order of the kernel's lists, follow the order in which
+    links were made, not what they are (a veth end made in its namespace gets
+    that namespace's next one, a moved one keeps its own; the batched runner
+    makes the links of two namespaces side by side)."""
     text = json.dumps(state, sort_keys=True)
     if prefix:
         text = text.replace(prefix, "PREFIX")
@@ -86,9 +88,12 @@ def settled(state: dict, prefix: str = "", indexes: bool = False) -> dict:
 
 def _strip(value, indexes=False):
     if isinstance(value, list):
-        return [_strip(item, indexes) for item in value
-                if not (isinstance(item, dict) and (item.get("family") == "inet6" or ":" in str(item.get("dst", ""))))
-                and item != "NO-CARRIER"]
+        items = [_strip(item, indexes) for item in value
+                 if not (isinstance(item, dict) and (item.get("family") == "inet6" or ":" in str(item.get("dst", ""))))
+                 and item != "NO-CARRIER"]
+        if indexes and all(isinstance(item, dict) for item in items):
+            items.sort(key=lambda item: json.dumps(item, sort_keys=True))
+        return items
     if isinstance(value, dict):
         return {key: "INDEX" if indexes and key in INDEXES else _strip(item, indexes) for key, item in value.items()
                 if not key.endswith("_timer") and key not in ("operstate", "tentative")}

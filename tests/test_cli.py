@@ -23,12 +23,13 @@ def run(capsys, *args):
     return exit_info.value.code, out, err
 
 
-def test_labs_lists_the_seven_in_series_order(capsys):
+def test_labs_lists_the_seven_in_series_order_then_the_labs_beyond_it(capsys):
     code, out, _ = run(capsys, "labs", "--json")
     assert code == 0
     labs = json.loads(out)
     assert [lab["name"] for lab in labs] == LABS
-    assert all(lab["title"] and lab["document"].startswith("Lab ") for lab in labs)
+    assert all(lab["title"] and lab["document"].startswith("Lab ") for lab in labs[:7])
+    assert all(not lab["document"].startswith("Lab ") for lab in labs[7:])
     code, out, _ = run(capsys, "labs")
     assert [line.split()[0] for line in out.splitlines()[::2]] == LABS
 

@@ -78,6 +78,8 @@ def _assert_one_error_line(code, out, err, expected=None):
 # ------------------------------------------------------------- the corpus
 def test_corpus_size():
     assert len(FILES) >= MIN_CORPUS, f"only {len(FILES)} files in {CORPUS}"
+    nodes_form = [path for path in FILES if path.name.startswith("nodes-")]
+    assert len(nodes_form) >= 25, f"only {len(nodes_form)} files of the nodes/links form (nodes-*.yaml)"
 
 
 def test_corpus_headers():

@@ -32,12 +32,12 @@ def builtin_path(name: str) -> Optional[Path]:
 
 
 def catalog() -> List[LabInfo]:
-    """The built-in labs, in the order of the lab series."""
+    """The built-in labs, in the order of the lab series, then the labs beyond it by name."""
     labs = []
     for path in LABS_DIR.glob("*.yaml"):
         data = read_yaml(path.read_text(), path.name)
         labs.append(LabInfo(data["name"], data["title"], data["document"], path, len(data.get("stages") or ())))
-    return sorted(labs, key=lambda lab: (lab.document, lab.name))
+    return sorted(labs, key=lambda lab: (not lab.document.startswith("Lab "), lab.document, lab.name))
 
 
 def resolve(target: str) -> Path:
@@ -66,6 +66,37 @@ def not_found(word: str) -> str:
 
 def read_text(target: str) -> str:
     return _read(resolve(target))
+
+
+def step_form_text(target: str) -> str:
+    """TARGET as a step-form file: a nodes/links lab compiled into its ordered steps (netlab.model.nodes),
+    its parameters still `${name}`, the rest of the file as it is; a step-form lab as written.
+    TARGET is validated whole first: a bad file is an InputError, as for `plan`."""
+    import yaml
+
+    from netlab.model.nodes import FORM_KEYS, compile_steps, is_nodes_form
+
+    load(target)
+    path = resolve(target)
+    label = target if builtin_path(target) else str(path)
+    text = _read(path)
+    data = read_yaml(text, label)
+    if not is_nodes_form(data):
+        return text
+
+    def fail(where: str, message: str) -> InputError:
+        return InputError(message, label, where)
+
+    params = {key: str(value) for key, value in (data.get("params") or {}).items()}
+    steps = compile_steps(fail, data, params)
+    out = {}
+    for key, value in data.items():
+        if key == "nodes":
+            out["steps"] = steps
+        elif key not in FORM_KEYS:
+            out[key] = value
+    header = f"# {label} in the step form (netlab show --steps): its nodes and links compiled into steps\n"
+    return header + yaml.safe_dump(out, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
 
 
 def _read(path: Path) -> str:

@@ -363,7 +363,8 @@ _SCHEMA: Dict[str, Tuple[type, Dict[str, Tuple[str, Callable, Any]]]] = {
 }
 _COMMON = {"netns": ("netns", netns_name, None), "why": ("why", explanation, None)}
 _CHECK_KINDS = ("ping", "tcp", "http")
-_TOP_KEYS = ("name", "title", "document", "params", "steps", "checks", "stages")
+_TOP_KEYS = ("name", "title", "document", "params", "steps", "checks", "stages", "nodes", "bridges", "links",
+             "nat", "forward", "ports", "services")  # the last seven: the nodes/links form (netlab.model.nodes)
 
 
 # ---------------------------------------------------------------- parsing
@@ -384,15 +385,17 @@ def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] =
     for key in data:
         if key not in _TOP_KEYS:
             raise fail(_shown_key(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
-    for key in ("name", "steps"):
+    from netlab.model.nodes import compile_steps, is_nodes_form  # it builds on this module's parsers
+
+    for key in ("name",) if is_nodes_form(data) else ("name", "steps"):
         if key not in data:
-            raise fail(key, "is required")
+            raise fail(key, "is required (or nodes and links instead of steps)" if key == "steps" else "is required")
     name = _field(fail, "name", lab_name, data["name"])
     title = _field(fail, "title", explanation, data.get("title", name))
     document = _field(fail, "document", explanation, data.get("document", "(none)"))
     params = _params(fail, data.get("params") or {}, overrides or {})
 
-    raw_steps = data["steps"]
+    raw_steps = compile_steps(fail, data, params) if is_nodes_form(data) else data["steps"]
     if not isinstance(raw_steps, list) or not raw_steps:
         raise fail("steps", "must be a non-empty list")
     overridden = overrides or {}
