@@ -19,10 +19,10 @@ no node has) is refused here, in this form's own terms.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
-from netlab.model.topology import (HOST, _Bad, _field, _shown, _shown_key, _substitute, address_and_port,
-                                   iface_name, ipv4_address, ipv4_interface, ipv4_network, netns_name, one_of,
+from netlab.model.topology import (HOST, _field, _shown, _shown_key, _substitute, address_and_port,
+                                   iface_name, ipv4_address, ipv4_interface, ipv4_network, known_keys, netns_name, one_of,
                                    port, service_name, sysctl_key, sysctl_value)
 
 FORM_KEYS = ("nodes", "bridges", "links", "nat", "forward", "ports", "services")
@@ -68,11 +68,11 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
     steps: List[dict] = []
     loopbacks, addresses, routes, sysctls = [], [], [], []
     gateways = []  # (where, node, gateway): checked once the links gave every node its addresses
-    for name, spec in nodes.items():
-        where = f"nodes.{_shown_key(name)}"
-        name = _field(fail, where, netns_name, name)
-        spec = _keys(fail, where, spec, _NODE_KEYS, "a node")
-        real = given["nodes"][name] or {}
+    for key, spec in nodes.items():
+        where = f"nodes.{_shown_key(key)}"
+        name = _field(fail, where, netns_name, key)
+        spec = known_keys(fail, where, spec, _NODE_KEYS, "a node")
+        real = given["nodes"][key] or {}
         if name == HOST:
             if "gateway" in spec:
                 raise fail(f"{where}.gateway", "the host's own routes are the host's: a node `host` takes sysctls only")
@@ -83,19 +83,19 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         if "gateway" in spec:
             gateways.append((f"{where}.gateway", name, _field(fail, f"{where}.gateway", ipv4_address, real["gateway"])))
             routes.append(_on(name, {"route": "default", "via": spec["gateway"]}))
-        for key, value in _mapping(fail, f"{where}.sysctls", spec.get("sysctls")).items():
-            _field(fail, f"{where}.sysctls.{_shown_key(key)}", sysctl_key, key)
-            _field(fail, f"{where}.sysctls.{key}", sysctl_value, real["sysctls"][key])
-            sysctls.append(_on(name, {"sysctl": key, "value": value}))
+        for sysctl, value in _mapping(fail, f"{where}.sysctls", spec.get("sysctls")).items():
+            _field(fail, f"{where}.sysctls.{_shown_key(sysctl)}", sysctl_key, sysctl)
+            _field(fail, f"{where}.sysctls.{sysctl}", sysctl_value, real["sysctls"][sysctl])
+            sysctls.append(_on(name, {"sysctl": sysctl, "value": value}))
     sides = {HOST, *lab.nodes}
 
-    for name, spec in bridges.items():
-        where = f"bridges.{_shown_key(name)}"
-        name = _field(fail, where, iface_name, name)
+    for key, spec in bridges.items():
+        where = f"bridges.{_shown_key(key)}"
+        name = _field(fail, where, iface_name, key)
         if name in sides:
             raise fail(where, f"{_shown(name)} is also a node; a bridge and a node need names of their own")
-        spec = _keys(fail, where, spec, _BRIDGE_KEYS, "a bridge")
-        real = given["bridges"][name] or {}
+        spec = known_keys(fail, where, spec, _BRIDGE_KEYS, "a bridge")
+        real = given["bridges"][key] or {}
         node = _side(fail, f"{where}.node", real.get("node", HOST), sides)
         lab.bridges[name] = node
         _declare(fail, lab, where, node, name)
@@ -109,7 +109,7 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
     ups = []
     for i, link in enumerate(links, 1):
         where = f"links[{i}]"
-        link = _keys(fail, where, link, _LINK_KEYS, "a link")
+        link = known_keys(fail, where, link, _LINK_KEYS, "a link")
         ends = link.get("ends")
         if not isinstance(ends, list) or len(ends) != 2:
             raise fail(f"{where}.ends", "must be two ends, each NODE:IFACE or BRIDGE:PORT (with an address: "
@@ -144,7 +144,7 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         steps += [_on(node, {"forward": iface, "direction": "in"}), _on(node, {"forward": iface, "direction": "out"})]
     for i, entry in enumerate(nat, 1):
         where = f"nat[{i}]"
-        entry = _keys(fail, where, entry, _NAT_KEYS, "a nat rule")
+        entry = known_keys(fail, where, entry, _NAT_KEYS, "a nat rule")
         real = given["nat"][i - 1]
         if "masquerade" not in entry:
             raise fail(f"{where}.masquerade", "is required: the source network to masquerade, as in 192.168.0.0/16")
@@ -158,7 +158,7 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         steps.append(rule)
     for i, entry in enumerate(ports, 1):
         where = f"ports[{i}]"
-        entry = _keys(fail, where, entry, _PORT_KEYS, "a port forward")
+        entry = known_keys(fail, where, entry, _PORT_KEYS, "a port forward")
         real = given["ports"][i - 1]
         for key in ("public", "to"):
             if key not in entry:
@@ -183,7 +183,7 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
             steps.append(_on(node, {**rule, "chain": "OUTPUT"}))
     for i, entry in enumerate(services, 1):
         where = f"services[{i}]"
-        entry = _keys(fail, where, entry, _SERVICE_KEYS, "a service")
+        entry = known_keys(fail, where, entry, _SERVICE_KEYS, "a service")
         real = given["services"][i - 1]
         for key in ("name", "node", "address", "port"):
             if key not in entry:
@@ -217,17 +217,6 @@ def _list(fail, where: str, value: Any) -> list:
         return []
     if not isinstance(value, list):
         raise fail(where, "must be a list")
-    return value
-
-
-def _keys(fail, where: str, value: Any, known: tuple, what: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise fail(where, f"must be a mapping ({', '.join(known)})")
-    for key in value:
-        if key not in known:
-            raise fail(f"{where}.{_shown_key(key)}", f"unknown key for {what} (known: {', '.join(known)})")
     return value
 
 

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from netlab.model.topology import (HOST, INTERNET, Check, Show, Topology, _Bad, _check, _field, _shown, _shown_key,
-                                   _substitute, explanation, iface_name, netns_name, one_of)
+from netlab.model.topology import (HOST, INTERNET, Check, Show, Topology, _Bad, _check, _field, _shown, _substitute,
+                                   explanation, iface_name, known_keys, netns_name, one_of)
 
 _KEYS = ("title", "section", "through", "explain", "checks", "capture", "show")
 _CAPTURE_KEYS = ("interface", "netns", "filter", "count")
@@ -72,11 +72,7 @@ def parse_stages(fail, raw: Any, params: dict, topology: Topology) -> Tuple[Stag
 
 
 def _stage(fail, where: str, raw: Any, topology: Topology) -> Stage:
-    if not isinstance(raw, dict):
-        raise fail(where, f"must be a mapping with the keys: {', '.join(_KEYS)}")
-    for key in raw:
-        if key not in _KEYS:
-            raise fail(f"{where}.{_shown_key(key)}", f"unknown key for a stage (known: {', '.join(_KEYS)})")
+    raw = known_keys(fail, where, raw, _KEYS, "a stage")
     for key in ("title", "through", "checks"):
         if key not in raw:
             raise fail(f"{where}.{key}", "is required for a stage")
@@ -113,11 +109,7 @@ def _stage_check(fail, where: str, raw: Any, sides: set) -> StageCheck:
 
 
 def _capture(fail, where: str, raw: Any, sides: set) -> Capture:
-    if not isinstance(raw, dict):
-        raise fail(where, f"must be a mapping with the keys: {', '.join(_CAPTURE_KEYS)}")
-    for key in raw:
-        if key not in _CAPTURE_KEYS:
-            raise fail(f"{where}.{_shown_key(key)}", f"unknown key for a capture (known: {', '.join(_CAPTURE_KEYS)})")
+    raw = known_keys(fail, where, raw, _CAPTURE_KEYS, "a capture")
     if "interface" not in raw:
         raise fail(f"{where}.interface", "is required: the interface to capture on")
     iface = _field(fail, f"{where}.interface", iface_name, raw["interface"])

@@ -434,6 +434,19 @@ def _from_params(fail, where: str, raw: Any, overrides: Dict[str, str], parse: C
         raise fail(error.field, f"{error.message} (from {given})") from None
 
 
+def known_keys(fail, where: str, value: Any, known: Tuple[str, ...], what: str) -> dict:
+    """VALUE, a mapping whose keys are all KNOWN (WHAT names such a mapping in a message, as
+    in `a stage`); None is an empty one."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise fail(where, f"must be a mapping with the keys: {', '.join(known)}")
+    for key in value:
+        if key not in known:
+            raise fail(f"{where}.{_shown_key(key)}", f"unknown key for {what} (known: {', '.join(known)})")
+    return value
+
+
 def _field(fail, where: str, parser: Callable, value: Any):
     try:
         return parser(value)
