@@ -1,7 +1,8 @@
 """A lab's stages: the documents' story, as points along its steps.
 
 A stage names the part of the document it follows, the lab step it runs up
-to (numbered as in the file's `steps`, from 1), the checks expected to pass
+to (numbered as in the file's `steps`, from 1; in a lab of nodes and links,
+as `netlab show --steps` numbers them), the checks expected to pass
 and to fail at that point, and optionally an interface to capture packets on
 and what to show (`nat`: the NAT rules with their counters, as the documents
 print them). `netlab tour` walks them in order; stages only go forward, so a
