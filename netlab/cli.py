@@ -516,6 +516,76 @@ def _tour_output(tour, as_json: bool, markdown: Optional[Path]) -> None:
         typer.echo(f"wrote {markdown}", err=True)
 
 
+@app.command("graph")
+def graph_command(
+    target: str = typer.Argument(..., metavar="TARGET|NAME", help=(
+        TARGET_HELP + " Or the NAME of a lab that is up (see `netlab status`): its live state.")),
+    sandbox: Optional[str] = _SANDBOX_OPTION,
+    host_netns: Optional[str] = _HOST_NETNS_OPTION,
+    assignments: List[str] = _SET_OPTION,
+    fmt: str = typer.Option("svg", "--format", "-f", metavar="FORMAT", help=(
+        "svg (Graphviz's dot draws it), dot, mermaid (a flowchart for Markdown) or html (one page: "
+        "the picture and a table of the steps).")),
+    live: bool = typer.Option(False, "--live", help=(
+        "TARGET is the name of a lab that is up, even if a built-in lab or a file has that name.")),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE", help="Write to FILE, not stdout."),
+):
+    """Draw a lab: its namespaces, bridges, veth ends with their addresses, NAT, port forwards and services.
+
+    From a lab or a topology file (either form), as its plan would build it; or
+    from a lab that is up, with each link and rule drawn in effect or missing,
+    from the same probes `status` uses (root). Exit code 0, or 1 when a live
+    lab has a step missing (it is drawn so).
+
+    Example: netlab graph egress-ingress --sandbox -o lab4.svg
+
+    Example: netlab graph two-subnets --format mermaid
+
+    Example: sudo netlab graph nl-ei --format html -o nl-ei.html
+    """
+    from netlab.check.status import lab_namespaces
+    from netlab.model.source import builtin_path
+    from netlab.render.graph import FORMATS, MISSING, picture, render
+
+    if fmt not in FORMATS:
+        raise InputError(f"{fmt!r} is not a format (one of: {', '.join(FORMATS)})", None, "--format")
+    if output is not None and (output.is_dir() or not output.absolute().parent.is_dir()):
+        raise InputError(f"{output}: not a file in an existing directory", None, "--output")
+    states = None
+    if live or not (builtin_path(target) or os.path.exists(target)):
+        from netlab.check.status import read_lab, step_states
+
+        if sandbox is not None or host_netns is not None or assignments:
+            raise InputError("a lab that is up is drawn as it is: no --sandbox, --host-netns or --set",
+                             None, "TARGET")
+        try:
+            record, _ = read_lab(target, action="graph")
+        except InputError as error:
+            if live:
+                raise
+            from netlab.model.source import not_found
+
+            raise InputError(f"{not_found(target)}; and {error.message}", None, "TARGET") from None
+        steps, name = record.steps(), record.name
+        states = {state.index: state.state for state in step_states(record)}
+        names = lab_namespaces(record.header.get("sandbox"), record.header.get("host_netns"), steps)
+    else:
+        plan = _make_plan(target, sandbox, assignments, host_netns)
+        steps, name = plan.steps, plan.name
+        names = lab_namespaces(plan.sandbox.prefix if plan.sandbox else None, plan.host_netns, steps)
+    labels = {real: own for own, real in names.items()}
+    text = render(fmt, picture(name, steps, labels, states), steps)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        from netlab.render.export import write_file
+
+        write_file(output, text, 0o644, "--output")
+        typer.echo(f"wrote {output}", err=True)
+    if states and any(state in MISSING for state in states.values()):
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command("exec", context_settings={"ignore_unknown_options": True})
 def exec_command(
     name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),

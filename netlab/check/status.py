@@ -124,12 +124,16 @@ def step_states(record: journals.Journal, executor: Optional[Executor] = None) -
 def namespaces(record: journals.Journal) -> Dict[str, Optional[str]]:
     """The lab's namespaces by the names a user gives them: `host` (None: the root
     namespace), `internet` in a sandbox, and each namespace the lab creates."""
-    prefix, host_netns = record.header.get("sandbox"), record.header.get("host_netns")
+    return lab_namespaces(record.header.get("sandbox"), record.header.get("host_netns"), record.steps())
+
+
+def lab_namespaces(prefix: Optional[str], host_netns: Optional[str], steps) -> Dict[str, Optional[str]]:
+    """The same for the STEPS of a plan in the sandbox PREFIX (or None), with HOST_NETNS."""
     sandbox = Sandbox(prefix, host_netns=host_netns) if prefix else None
     names: Dict[str, Optional[str]] = {"host": sandbox.host if sandbox else host_netns}
     if sandbox:
         names["internet"] = sandbox.wan
-    for step in record.steps():
+    for step in steps:
         if step.argv[:3] == ("ip", "netns", "add"):
             real = step.argv[3]
             own = real[len(prefix) + 1:] if prefix and real.startswith(f"{prefix}-") else real
