@@ -16,6 +16,7 @@ import itertools
 import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 
@@ -23,6 +24,13 @@ import pytest
 
 IN_CI = bool(os.environ.get("CI"))
 _counter = itertools.count(1)
+
+# A suite started in the background (`... &` in a script, nohup) inherits SIGINT ignored, and
+# so would every process it starts: a signal test's exported script could not even trap it
+# (bash cannot trap a signal ignored on entry). The tests run what a user runs from a
+# terminal, where Ctrl-C is SIGINT's default: so here too.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def sh(*argv, check=False, timeout=60, **kwargs) -> subprocess.CompletedProcess:

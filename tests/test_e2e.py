@@ -121,17 +121,12 @@ class Lab:
 def ip_wrapper(tmp_path_factory):
     """A directory with an `ip` that, when its words are $NETLAB_TEST_STOP, writes its pid to
     $NETLAB_TEST_STOPPED and stops itself (SIGSTOP), then runs the real ip: the script waits
-    for it at that exact step, as it waits for any command. A SIGINT or SIGTERM that came
-    while it was stopped kills it once continued, as it kills the real ip: bash runs the trap
-    that re-raises it as soon as the `kill -STOP` returns (bash's own SIGINT handling could
-    let the exec go ahead)."""
+    for it at that exact step, as it waits for any command."""
     directory = tmp_path_factory.mktemp("stop-wrapper")
     wrapper = directory / "ip"
     wrapper.write_text('#!/bin/bash\n'
                        'if [[ -n ${NETLAB_TEST_STOP:-} && "ip $*" == "$NETLAB_TEST_STOP" ]]; then\n'
-                       "  trap 'trap - INT; kill -INT $$' INT; trap 'trap - TERM; kill -TERM $$' TERM\n"
                        '  echo $$ > "$NETLAB_TEST_STOPPED"; kill -STOP $$\n'
-                       '  trap - INT TERM\n'
                        'fi\n'
                        f'exec {shutil.which("ip")} "$@"\n')
     wrapper.chmod(0o755)
