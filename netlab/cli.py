@@ -95,6 +95,12 @@ def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host
     return make_plan(target, sandbox, host_netns, parse_overrides(assignments))
 
 
+def _writable(path: Optional[Path], option: str) -> None:
+    """PATH (given with OPTION) names a file in a directory that exists, or is None."""
+    if path is not None and (path.is_dir() or not path.absolute().parent.is_dir()):
+        raise InputError(f"{path}: not a file in an existing directory", None, option)
+
+
 def _print_json(data) -> None:
     import json
 
@@ -479,10 +485,7 @@ def tour_command(
     from netlab.run.runner import Interrupted, Reporter
     from netlab.tour.walk import walk
 
-    if sandbox is None:
-        raise InputError("a tour builds the lab and takes it down again in a sandbox: add --sandbox", None, "--sandbox")
-    if markdown is not None and (markdown.is_dir() or not markdown.absolute().parent.is_dir()):
-        raise InputError(f"{markdown}: not a file in an existing directory", None, "--markdown")
+    _writable(markdown, "--markdown")
     plan = _make_plan(target, sandbox, assignments)
     say = (lambda line: None) if as_json else typer.echo
     pause = None if as_json or no_pause or not sys.stdin.isatty() else input
@@ -549,8 +552,7 @@ def graph_command(
 
     if fmt not in FORMATS:
         raise InputError(f"{fmt!r} is not a format (one of: {', '.join(FORMATS)})", None, "--format")
-    if output is not None and (output.is_dir() or not output.absolute().parent.is_dir()):
-        raise InputError(f"{output}: not a file in an existing directory", None, "--output")
+    _writable(output, "--output")
     states = None
     if live or not (builtin_path(target) or os.path.exists(target)):
         from netlab.check.status import read_lab, step_states
@@ -648,8 +650,7 @@ def capture_command(
 
     record, _ = read_lab(name, action="capture")
     real, link = find_link(record, iface)
-    if write is not None and (write.is_dir() or not write.parent.is_dir()):
-        raise InputError(f"{write}: not a file in an existing directory", None, "--write")
+    _writable(write, "--write")
     argv = tcpdump_argv(link, expression or (), count, None if write is None else str(write.absolute()))
     require_tcpdump()
     where = f"{link} in {real}" if real else link

@@ -75,12 +75,13 @@ def step_form_text(target: str) -> str:
     import yaml
 
     from netlab.model.nodes import FORM_KEYS, compile_steps, is_nodes_form
+    from netlab.model.topology import parse_topology
 
-    load(target)
     path = resolve(target)
     label = target if builtin_path(target) else str(path)
     text = _read(path)
     data = read_yaml(text, label)
+    parse_topology(data, label)  # the whole file checked, as `plan` checks it
     if not is_nodes_form(data):
         return text
 

@@ -49,6 +49,10 @@ class Picture:
     def missing(self, step: int) -> bool:
         return self.states.get(step) in MISSING
 
+    def notes(self, side: Side) -> List[str]:
+        """SIDE's notes, each marked when the step that makes it is missing."""
+        return [note + (" (missing)" if self.missing(step) else "") for note, step in side.notes]
+
 
 def picture(name: str, steps: Sequence[Step], labels: Dict[Optional[str], str],
             states: Optional[Dict[int, str]] = None) -> Picture:
@@ -112,7 +116,8 @@ def _move(pic: Picture, end: Tuple[Optional[str], str], target: str, side) -> No
     old, name = end
     addresses = side(old).ifaces.pop(name, [])
     side(target).ifaces.setdefault(name, []).extend(addresses)
-    pic.made[target, name] = pic.made.pop(end, 0)
+    if end in pic.made:
+        pic.made[target, name] = pic.made.pop(end)
     pic.cables = [tuple((target, name) if point == end else point for point in cable[:2]) + (cable[2],)
                   for cable in pic.cables]
 
@@ -157,8 +162,7 @@ def to_dot(pic: Picture) -> str:
         for iface, addresses in side.ifaces.items():
             lines.append(_dot_node(pic, (netns, iface), "ellipse", [iface, *addresses]))
         if side.notes:
-            text = "".join(_escaped(note + (" (missing)" if pic.missing(step) else "")) + "\\l"
-                           for note, step in side.notes)
+            text = "".join(_escaped(note) + "\\l" for note in pic.notes(side))
             lines.append(f"    {_id(netns, 'notes')} [shape=note, fontsize=9, label=\"{text}\"];")
         lines.append("  }")
     for a, b, step in pic.cables:
@@ -203,7 +207,7 @@ def to_mermaid(pic: Picture) -> str:
         for iface, addresses in side.ifaces.items():
             lines.append(f"    {_id(netns, iface)}([\"{_lines(iface, *addresses)}\"])")
         if side.notes:
-            text = "<br/>".join(_mermaid(note) + (" (missing)" if pic.missing(step) else "") for note, step in side.notes)
+            text = _lines(*pic.notes(side))
             lines.append(f"    {_id(netns, 'notes')}[/\"{text}\"/]")
         lines.append("  end")
     for a, b, step in pic.cables:
@@ -249,10 +253,10 @@ def to_html(pic: Picture, svg: str, steps: Sequence[Step]) -> str:
 
 def render(fmt: str, pic: Picture, steps: Sequence[Step]) -> str:
     """PIC in the format FMT (one of FORMATS)."""
+    if fmt == "mermaid":
+        return to_mermaid(pic)
     dot = to_dot(pic)
     if fmt == "dot":
         return dot
-    if fmt == "mermaid":
-        return to_mermaid(pic)
     svg = to_svg(dot)
     return svg if fmt == "svg" else to_html(pic, svg, steps)
