@@ -280,6 +280,8 @@ def _describe(live: Live, group: Sequence[Step]) -> str:
             return f"{name} is not in namespace {argv[5]}{tail}"
         if change == "master":
             return f"{name} is not plugged into the bridge {argv[5]} {where}{tail}"
+        if change == "mtu":
+            return f"the MTU of {name} is not {argv[5]} {where}{tail}"
         if name == "lo":
             held = ", ".join(str(address.ip) for address in live.addresses(root.netns))
             extra = f": its addresses ({held}) do not answer" if held else ""
@@ -299,6 +301,9 @@ def _describe(live: Live, group: Sequence[Step]) -> str:
         return f"{key} is {now} {where}, not {value}{what}"
     if argv[0] == "iptables":
         return _describe_rule(live, group, where)
+    if argv[:3] == ("tc", "qdisc", "add"):
+        kind = "rate limit (tbf)" if "tbf" in argv else "impairment (netem)"
+        return f"the {kind} on {argv[4]} is missing {where}{tail}"
     if tuple(argv[:3]) == SERVICE:
         address, port = argv[3], argv[4]
         return _nothing_listens(live, root.netns, address, port, where)
@@ -379,7 +384,8 @@ def _path(live: Live, steps: Sequence[Step], check: LabCheck) -> List[Cause]:
         return []
     source = check.netns
     causes: List[Cause] = []
-    target, port = check.address, check.port
+    target = check.address
+    port = check.port if check.kind in ("tcp", "http") else None  # a throughput check's server runs only with it
     owner = live.side_name(source) if ipaddress.IPv4Address(target).is_loopback else live.owner(target)
     host = live.sides.get("host")
     if owner == "host" and port is not None and not _listens(live, host, target, port):

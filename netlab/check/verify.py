@@ -5,18 +5,22 @@ check's namespace. A tcp or http check connects from a thread that has
 entered the namespace (setns on its /run/netns file), so it spawns no process
 and needs nothing installed in the namespace. The checks run side by side,
 each timed on its own; a check that cannot get an answer gives up after
-TIMEOUT seconds.
+TIMEOUT seconds. A ping check with thresholds sends several pings and judges
+their loss and slowest round trip; a throughput check (netlab.check.throughput)
+runs once the others are done, as it fills the queues they would wait in.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+from netlab.check.throughput import throughput
 from netlab.programs.reach import TIMEOUT, reach
 from netlab.render.plan import LabCheck
 from netlab.run.execute import Executor
@@ -52,6 +56,8 @@ def run_checks(checks: Sequence[LabCheck], executor: Optional[Executor] = None) 
             ok, detail = None, "needs --sandbox: a real host has no internet side of its own to check from"
         elif check.kind == "ping":
             ok, detail = _ping(check, executor)
+        elif check.kind == "throughput":
+            ok, detail = throughput(check, executor)
         else:
             ok, detail = _connect(check, executor)
         results[i] = CheckResult(check, ok, detail, time.monotonic() - started)
@@ -63,11 +69,14 @@ def run_checks(checks: Sequence[LabCheck], executor: Optional[Executor] = None) 
         with limit:
             run(i, check)
 
-    threads = [threading.Thread(target=limited, args=(i, check), daemon=True) for i, check in enumerate(checks)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # a throughput check fills its path's queues: it runs after the others, which it would slow
+    for measuring in (False, True):
+        threads = [threading.Thread(target=limited, args=(i, check), daemon=True) for i, check in enumerate(checks)
+                   if (check.kind == "throughput") == measuring]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     return results
 
 
@@ -86,6 +95,8 @@ def table(results: Sequence[CheckResult]) -> List[str]:
 
 
 def _ping(check: LabCheck, executor: Executor):
+    if (check.count or 1) > 1 or check.max_rtt_ms is not None or check.max_loss_percent is not None:
+        return _pings(check, executor)
     argv = ("ping", "-n", "-c", "1", "-W", str(TIMEOUT), check.address)
     result = executor.run(argv, check.netns)
     if result.ok:
@@ -95,6 +106,31 @@ def _ping(check: LabCheck, executor: Executor):
     if result.code == 255 and check.netns:
         return False, f"namespace {check.netns} is missing"
     return False, lines[-1] if lines else "no reply"
+
+
+PING_INTERVAL = "0.2"  # seconds between the pings of a check that sends several (the least without root)
+_LOSS_RE = re.compile(r"([0-9.]+)% packet loss")
+_RTT_RE = re.compile(r"= [0-9.]+/[0-9.]+/([0-9.]+)/[0-9.]+ ms")
+
+
+def _pings(check: LabCheck, executor: Executor):
+    """COUNT pings, judged by their loss (none, unless max_loss_percent allows some) and by
+    the slowest reply's round trip (max_rtt_ms)."""
+    argv = ("ping", "-n", "-q", "-c", str(check.count or 1), "-i", PING_INTERVAL, "-W", str(TIMEOUT), check.address)
+    result = executor.run(argv, check.netns)
+    if result.code == 255 and check.netns:
+        return False, f"namespace {check.netns} is missing"
+    loss, rtt = _LOSS_RE.search(result.stdout), _RTT_RE.search(result.stdout)
+    if loss is None:
+        lines = result.stderr.strip().splitlines()
+        return False, lines[-1] if lines else f"ping exit code {result.code}"
+    lost, allowed = float(loss.group(1)), check.max_loss_percent or 0.0
+    detail = f"{lost:g}% of {check.count} lost" + (f", slowest reply {float(rtt.group(1)):g} ms" if rtt else "")
+    if lost > allowed:
+        return False, f"{detail}: more than {allowed:g}%"
+    if check.max_rtt_ms is not None and rtt is not None and float(rtt.group(1)) > check.max_rtt_ms:
+        return False, f"{detail}: slower than {check.max_rtt_ms:g} ms"
+    return True, detail
 
 
 def _connect(check: LabCheck, executor: Executor):

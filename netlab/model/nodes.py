@@ -4,7 +4,7 @@ Instead of ordered steps, a lab may say what it has, as containerlab and
 Mininet users write it: `nodes` (namespaces, with a default route and
 sysctls; `host` is the host side), `bridges` (with an address), `links` (a
 veth between two ends, `NODE:IFACE` or `BRIDGE:PORT`, each with an optional
-address), `nat` (MASQUERADE), `forward` (FORWARD accepts), `ports` (DNAT, in
+address, MTU and impairments: delay, jitter, loss, rate), `nat` (MASQUERADE), `forward` (FORWARD accepts), `ports` (DNAT, in
 PREROUTING and OUTPUT) and `services`. `compile_steps` turns it into the
 steps a person would write, in the order one would write them: namespaces,
 bridges, links, loopbacks, addresses, routes, sysctls, forwarding and NAT,
@@ -21,14 +21,16 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Dict, List, Tuple
 
-from netlab.model.topology import (HOST, _field, _shown, _shown_key, _substitute, address_and_port,
-                                   iface_name, ipv4_address, ipv4_interface, ipv4_network, known_keys, netns_name, one_of,
-                                   port, service_name, sysctl_key, sysctl_value)
+from netlab.model.topology import (HOST, _field, _shown, _shown_key, _substitute, address_and_port, bit_rate,
+                                   iface_name, ipv4_address, ipv4_interface, ipv4_network, known_keys, loss_percent, mtu,
+                                   netns_name, one_of, port, service_name, sysctl_key, sysctl_value, tc_time)
 
 FORM_KEYS = ("nodes", "bridges", "links", "nat", "forward", "ports", "services")
 _NODE_KEYS = ("gateway", "sysctls")
 _BRIDGE_KEYS = ("node", "address")
 _LINK_KEYS = ("ends",)
+_END_KEYS = ("address", "mtu", "delay", "jitter", "loss", "rate")  # of an end written as NODE:IFACE: {...}
+_IMPAIRMENTS = ("delay", "jitter", "loss", "rate")
 _NAT_KEYS = ("masquerade", "node", "out", "not_out")
 _PORT_KEYS = ("public", "to", "proto", "node", "output")
 _SERVICE_KEYS = ("name", "node", "address", "port")
@@ -106,7 +108,7 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
             _own(fail, lab, f"{where}.address", address, node)
             addresses.append(_on(node, {"address": spec["address"], "dev": name}))
 
-    ups = []
+    ups, impairs = [], []
     for i, link in enumerate(links, 1):
         where = f"links[{i}]"
         link = known_keys(fail, where, link, _LINK_KEYS, "a link")
@@ -118,7 +120,7 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         parsed = [_end(fail, f"{where}.ends[{k}]", end, real, lab, sides)
                   for k, (end, real) in enumerate(zip(ends, real_ends), 1)]
         _same_subnet(fail, where, parsed, lab)
-        (first_node, first_iface, first_bridge, _, _), (second_node, second_iface, second_bridge, _, _) = parsed
+        (first_node, first_iface, _, _, _, _), (second_node, second_iface, _, _, _, _) = parsed
         if first_node == second_node:
             veth = _on(first_node, {"veth": first_iface, "peer": second_iface})
         elif second_node == HOST:  # made on the host side, its peer born in the first end's node
@@ -126,7 +128,12 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         else:
             veth = _on(first_node, {"veth": first_iface, "peer": second_iface, "peer_netns": second_node})
         steps.append(veth)
-        for node, iface, bridge, shown_address, _ in parsed:
+        for node, iface, bridge, shown_address, _, settings in parsed:
+            if "mtu" in settings:
+                steps.append(_on(node, {"link": iface, "mtu": settings["mtu"]}))
+            impairments = {key: settings[key] for key in _IMPAIRMENTS if key in settings}
+            if impairments:
+                impairs.append(_on(node, {"impair": iface, **impairments}))
             if bridge is not None:
                 steps.append(_on(node, {"link": iface, "master": bridge}))
             ups.append(_on(node, {"link": iface, "up": True}))
@@ -136,7 +143,7 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         if not any(gateway in net.network for net in lab.nets.get(node, [])):
             raise fail(where, f"{gateway} is on no subnet of node {node} (its addresses: "
                               f"{', '.join(map(str, lab.nets.get(node, []))) or 'none'})")
-    steps += ups + loopbacks + addresses + routes + sysctls
+    steps += ups + loopbacks + addresses + routes + sysctls + impairs
 
     for i, entry in enumerate(forward, 1):
         where = f"forward[{i}]"
@@ -243,15 +250,26 @@ def _own(fail, lab: _Lab, where: str, address: ipaddress.IPv4Interface, node: st
 
 
 def _end(fail, where: str, end: Any, real: Any, lab: _Lab, sides: set):
-    """(node, iface, bridge or None, the address as written or None, the address) of a link end."""
-    written = None
+    """(node, iface, bridge or None, the address as written or None, the address, its other
+    settings as written: mtu and impairments) of a link end: NODE:IFACE, NODE:IFACE: ADDRESS,
+    or NODE:IFACE: {address, mtu, delay, jitter, loss, rate}."""
+    written, real_address, settings = None, None, {}
     if isinstance(end, dict):
         if len(end) != 1:
-            raise fail(where, "an end with an address is one NODE:IFACE: ADDRESS/LEN")
+            raise fail(where, "an end with settings is one NODE:IFACE: ADDRESS/LEN or NODE:IFACE: {address, mtu, "
+                              "delay, jitter, loss, rate}")
         (end, written), = end.items()
         (_, real_address), = real.items()
-    else:
-        real_address = None
+        if isinstance(written, dict):
+            settings = dict(known_keys(fail, f"{where}.{_shown_key(end)}", written, _END_KEYS, "a link end"))
+            real_settings = real_address
+            written, real_address = settings.pop("address", None), real_settings.get("address")
+            for key, parser in (("mtu", mtu), ("delay", tc_time), ("jitter", tc_time), ("loss", loss_percent),
+                                ("rate", bit_rate)):
+                if key in settings:
+                    _field(fail, f"{where}.{_shown_key(end)}.{key}", parser, real_settings[key])
+            if "jitter" in settings and "delay" not in settings:
+                raise fail(f"{where}.{_shown_key(end)}.jitter", "a jitter varies a delay: give the delay too")
     if not isinstance(end, str) or end.count(":") != 1:
         raise fail(where, f"{_shown(end)} is not NODE:IFACE or BRIDGE:PORT")
     owner, iface = end.split(":")
@@ -267,13 +285,13 @@ def _end(fail, where: str, end: Any, real: Any, lab: _Lab, sides: set):
         address = _field(fail, where, ipv4_interface, real_address)
         _own(fail, lab, where, address, node)
     _declare(fail, lab, where, node, iface)
-    return node, iface, bridge, written, address
+    return node, iface, bridge, written, address, settings
 
 
 def _same_subnet(fail, where: str, ends, lab: _Lab) -> None:
     """Both ends' addresses on one subnet; an end on a bridge with the bridge's."""
     nets = []
-    for k, (_, _, bridge, _, address) in enumerate(ends, 1):
+    for k, (_, _, bridge, _, address, _) in enumerate(ends, 1):
         net = address or (lab.bridge_nets.get(bridge) if bridge else None)
         if net is not None:
             nets.append((k, net))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 from netlab.model.topology import (HOST, INTERNET, Check, Show, Topology, _Bad, _check, _field, _shown, _substitute,
-                                   explanation, iface_name, known_keys, netns_name, one_of)
+                                   explanation, iface_name, known_keys, netns_name, one_of, serve_throughput)
 
 _KEYS = ("title", "section", "through", "explain", "checks", "capture", "show")
 _CAPTURE_KEYS = ("interface", "netns", "filter", "count")
@@ -89,7 +89,8 @@ def _stage(fail, where: str, raw: Any, topology: Topology) -> Stage:
     if not isinstance(checks, list) or not checks:
         raise fail(f"{where}.checks", "must be a non-empty list: what the stage observes")
     sides = {HOST, INTERNET, *topology.namespaces}
-    parsed = tuple(_stage_check(fail, f"{where}.checks[{k}]", entry, sides) for k, entry in enumerate(checks, 1))
+    parsed = tuple(_stage_check(fail, f"{where}.checks[{k}]", entry, sides, topology.steps)
+                   for k, entry in enumerate(checks, 1))
     capture = None if raw.get("capture") is None else _capture(fail, f"{where}.capture", raw["capture"], sides)
     show = raw.get("show") or []
     if not isinstance(show, list):
@@ -99,14 +100,14 @@ def _stage(fail, where: str, raw: Any, topology: Topology) -> Stage:
     return Stage(title, section, through, explain, parsed, capture, shown)
 
 
-def _stage_check(fail, where: str, raw: Any, sides: set) -> StageCheck:
+def _stage_check(fail, where: str, raw: Any, sides: set, steps) -> StageCheck:
     if not isinstance(raw, dict):
         raise fail(where, "must be a check (ping, tcp or http, with from) and expect: pass or fail")
     expect = _field(fail, f"{where}.expect", one_of(*EXPECT), raw.get("expect", "pass"))
     check = _check(fail, where, {key: value for key, value in raw.items() if key != "expect"})
     if check.source not in sides:
         raise fail(f"{where}.from", f"{_shown(check.source)} is not host, internet or a namespace of the lab")
-    return StageCheck(check, expect)
+    return StageCheck(serve_throughput(fail, where, check, steps, sides), expect)
 
 
 def _capture(fail, where: str, raw: Any, sides: set) -> Capture:

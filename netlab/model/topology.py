@@ -64,13 +64,14 @@ class Veth(Item):
 
 @dataclass(frozen=True)
 class Link(Item):
-    """A change to an existing link: exactly one of up, master, move_to."""
+    """A change to an existing link: exactly one of up, master, move_to, mtu."""
 
     kind: ClassVar[str] = "link"
     name: str
     up: Optional[bool]
     master: Optional[str]
     move_to: Optional[str]
+    mtu: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,20 @@ class Dnat(Item):
 
 
 @dataclass(frozen=True)
+class Impair(Item):
+    """Link impairments on the way out of DEV, as Mininet's TCLink and containerlab's netem
+    give them: a delay (with jitter), a loss rate (netem) and a rate limit (tbf)."""
+
+    kind: ClassVar[str] = "impair"
+    dev: str
+    delay: Optional[str]  # as tc writes a time: 50ms, 1.5s, 200us
+    jitter: Optional[str]
+    loss: Optional[str]  # a percentage, as in 1%
+    rate: Optional[str]  # bits per second, as in 10mbit
+    burst: Optional[int] = None  # the token bucket's size in bytes, for rate (derived from it)
+
+
+@dataclass(frozen=True)
 class Service(Item):
     """The documents' hello-world HTTP server, listening on ADDRESS:PORT while the lab is up."""
 
@@ -141,13 +156,22 @@ class Show(Item):
 
 @dataclass(frozen=True)
 class Check:
-    """A connectivity test: from a namespace, the host or the internet side."""
+    """A connectivity test: from a namespace, the host or the internet side. A ping may
+    require a round trip time and a loss rate; a throughput check (iperf3) a rate, measured
+    from SOURCE to an iperf3 server the check runs on SERVER, the side that has ADDRESS."""
 
-    kind: str  # ping, tcp or http
+    kind: str  # ping, tcp, http or throughput
     source: str
     address: ipaddress.IPv4Address
     port: Optional[int]
     path: Optional[str]
+    count: Optional[int] = None  # pings sent (1 unless a threshold needs more)
+    max_rtt_ms: Optional[float] = None
+    max_loss_percent: Optional[float] = None
+    min_rate: Optional[int] = None  # bits per second
+    min_rate_text: Optional[str] = None  # as the lab wrote it (8mbit)
+    seconds: Optional[int] = None  # how long a throughput check measures
+    server: Optional[str] = None  # the side a throughput check's server runs on
 
 
 @dataclass(frozen=True)
@@ -279,6 +303,72 @@ def explanation(value: Any) -> str:
     return text
 
 
+_TIME_RE = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,3})?)(us|ms|s)")
+_RATE_RE = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,3})?)(bit|kbit|mbit|gbit)")
+_RATE_UNITS = {"bit": 1, "kbit": 1000, "mbit": 1000 ** 2, "gbit": 1000 ** 3}
+_NUMBER_RE = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,3})?")
+
+
+def tc_time(value: Any) -> str:
+    """A delay or a jitter as tc writes it: 50ms, 1.5s, 200us."""
+    text = _text(value).strip()
+    match = _TIME_RE.fullmatch(text)
+    if not match or float(match.group(1)) <= 0:
+        raise _Bad(f"{_shown(text)} is not a time (a positive number and us, ms or s, as in 50ms)")
+    return text
+
+
+def loss_percent(value: Any) -> str:
+    """A loss rate: 1% (or 1), up to 100%."""
+    text = _text(value).strip()
+    number = text[:-1] if text.endswith("%") else text
+    if not _NUMBER_RE.fullmatch(number) or not 0 < float(number) <= 100:
+        raise _Bad(f"{_shown(text)} is not a loss rate (a percentage above 0 and up to 100, as in 1%)")
+    return f"{number}%"
+
+
+def bit_rate(value: Any) -> Tuple[str, int]:
+    """A rate in bits per second, as tc writes it (10mbit), and its value."""
+    text = _text(value).strip()
+    match = _RATE_RE.fullmatch(text.lower())
+    bits = int(float(match.group(1)) * _RATE_UNITS[match.group(2)]) if match else 0
+    if bits < 8000:
+        raise _Bad(f"{_shown(text)} is not a rate of at least 8kbit (a number and bit, kbit, mbit or gbit: "
+                   f"bits per second, as in 10mbit)")
+    return text.lower(), bits
+
+
+def mtu(value: Any) -> int:
+    text = _text(value)
+    if not _DIGITS_RE.fullmatch(text) or not 68 <= int(text) <= 65535:
+        raise _Bad(f"{_shown(text)} is not an MTU (68-65535 bytes)")
+    return int(text)
+
+
+def positive_number(limit: float, what: str) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise _Bad(f"{_shown(value)} is not {what}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise _Bad(f"{_shown(value)} is not {what}") from None
+        if not 0 <= number <= limit:
+            raise _Bad(f"{_shown(value)} is not {what}")
+        return number
+
+    return parse
+
+
+def whole_number(low: int, high: int, what: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Bad(f"{_shown(value)} is not {what} ({low}-{high})")
+        return value
+
+    return parse
+
+
 def address_and_port(value: Any) -> Tuple[ipaddress.IPv4Address, Optional[int]]:
     text = _text(value)
     host, sep, port_text = text.partition(":")
@@ -308,6 +398,7 @@ _SCHEMA: Dict[str, Tuple[type, Dict[str, Tuple[str, Callable, Any]]]] = {
             "up": ("up", flag, None),
             "master": ("master", iface_name, None),
             "move_to": ("move_to", netns_name, None),
+            "mtu": ("mtu", mtu, None),
         },
     ),
     "address": (
@@ -359,10 +450,27 @@ _SCHEMA: Dict[str, Tuple[type, Dict[str, Tuple[str, Callable, Any]]]] = {
             "port": ("port", port, REQUIRED),
         },
     ),
+    "impair": (
+        Impair,
+        {
+            "impair": ("dev", iface_name, REQUIRED),
+            "delay": ("delay", tc_time, None),
+            "jitter": ("jitter", tc_time, None),
+            "loss": ("loss", loss_percent, None),
+            "rate": ("rate", bit_rate, None),
+        },
+    ),
     "show": (Show, {"show": ("what", one_of("netns", "links", "nat"), REQUIRED)}),
 }
 _COMMON = {"netns": ("netns", netns_name, None), "why": ("why", explanation, None)}
-_CHECK_KINDS = ("ping", "tcp", "http")
+_CHECK_KINDS = ("ping", "tcp", "http", "throughput")
+_CHECK_KEYS = {  # a check's own keys, besides its kind and `from`
+    "ping": ("count", "max_rtt_ms", "max_loss_percent"),
+    "tcp": (),
+    "http": ("path",),
+    "throughput": ("min_rate", "seconds", "server"),
+}
+THROUGHPUT_PORT = 5201  # iperf3's own
 _TOP_KEYS = ("name", "title", "document", "params", "steps", "checks", "stages", "nodes", "bridges", "links",
              "nat", "forward", "ports", "services")  # the last seven: the nodes/links form (netlab.model.nodes)
 
@@ -414,6 +522,9 @@ def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] =
     )
     topology = Topology(name, title, document, tuple(params.items()), steps, checks, source)
     _check_references(fail, topology)
+    sides = {HOST, INTERNET, *topology.namespaces}
+    topology = dataclasses.replace(topology, checks=tuple(
+        serve_throughput(fail, f"checks[{i}]", check, steps, sides) for i, check in enumerate(checks, 1)))
     if data.get("stages") is None:
         return topology
     from netlab.model.stages import parse_stages  # it builds on this module's parsers
@@ -528,10 +639,18 @@ def _item(fail, where: str, raw: Any) -> Item:
         values["to_address"], to_port = values.pop("to")
         values["to_port"] = to_port or values["port"]
     if kind == "link":
-        changes = [key for key in ("up", "master", "move_to") if values[key] is not None]
+        changes = [key for key in ("up", "master", "move_to", "mtu") if values[key] is not None]
         if len(changes) != 1:
             given = " and ".join(changes) or "none"
-            raise fail(where, f"a link step takes exactly one of up, master, move_to (given: {given})")
+            raise fail(where, f"a link step takes exactly one of up, master, move_to, mtu (given: {given})")
+    if kind == "impair":
+        if not any(values[key] for key in ("delay", "loss", "rate")):
+            raise fail(where, "an impair step needs at least one of delay, loss, rate (and jitter with a delay)")
+        if values["jitter"] and not values["delay"]:
+            raise fail(f"{where}.jitter", "a jitter varies a delay: give the delay too")
+        if values["rate"]:
+            values["rate"], bits = values["rate"]
+            values["burst"] = max(bits // 8 // 100, 3200)  # 10 ms of traffic, and never less than two full frames
     if kind == "route" and values["via"] is None and values["dev"] is None:
         raise fail(where, "a route needs via, dev or both")
     if kind == "masquerade" and values["out"] and values["not_out"]:
@@ -545,21 +664,59 @@ def _article(word: str) -> str:
 
 def _check(fail, where: str, raw: Any) -> Check:
     kind = _kind_of(fail, where, raw, _CHECK_KINDS)
+    known = (kind, "from") + _CHECK_KEYS[kind]
     for key in raw:
-        if key not in (kind, "from", "path"):
-            raise fail(f"{where}.{key}", f"unknown key for a {kind} check (known: {kind}, from, path)")
+        if key not in known:
+            raise fail(f"{where}.{key}", f"unknown key for a {kind} check (known: {', '.join(known)})")
     if "from" not in raw:
         raise fail(f"{where}.from", "is required (host, internet or a namespace)")
     source = _field(fail, f"{where}.from", netns_name, raw["from"])
     address, port_number = _field(fail, f"{where}.{kind}", address_and_port, raw[kind])
-    if kind != "ping" and port_number is None:
+    if kind in ("tcp", "http") and port_number is None:
         raise fail(f"{where}.{kind}", f"{raw[kind]!r}: a {kind} check needs ADDRESS:PORT")
     if kind == "ping" and port_number is not None:
         raise fail(f"{where}.ping", f"{raw[kind]!r}: a ping check takes an address without a port")
     path = raw.get("path")
-    if path is not None and (kind != "http" or not isinstance(path, str) or not path.startswith("/")):
-        raise fail(f"{where}.path", "only an http check takes a path, starting with '/'")
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise fail(f"{where}.path", "an http check's path starts with '/'")
+
+    def option(key: str, parser: Callable, default=None):
+        return _field(fail, f"{where}.{key}", parser, raw[key]) if key in raw else default
+
+    if kind == "ping":
+        rtt = option("max_rtt_ms", positive_number(60000, "a round trip time in milliseconds (up to 60000)"))
+        loss = option("max_loss_percent", positive_number(100, "a loss rate in percent (0-100)"))
+        count = option("count", whole_number(1, 100, "a number of pings"), 1 if rtt is None and loss is None else 5)
+        return Check(kind, source, address, None, None, count=count, max_rtt_ms=rtt, max_loss_percent=loss)
+    if kind == "throughput":
+        if "min_rate" not in raw:
+            raise fail(f"{where}.min_rate", "is required: the rate the check must reach, as in 8mbit")
+        rate_text, rate = option("min_rate", bit_rate)
+        seconds = option("seconds", whole_number(1, 60, "a number of seconds"), 2)
+        server = option("server", netns_name)
+        return Check(kind, source, address, port_number or THROUGHPUT_PORT, None, min_rate=rate,
+                     min_rate_text=rate_text, seconds=seconds, server=server)
     return Check(kind, source, address, port_number, path or ("/" if kind == "http" else None))
+
+
+def serve_throughput(fail, where: str, check: Check, steps, sides) -> Check:
+    """A throughput CHECK with its server's side: as it says, or the side whose address it is
+    (by the addresses STEPS give); SIDES are the lab's sides a check may run on."""
+    if check.kind != "throughput":
+        return check
+    server = check.server
+    if server is None:
+        owners = [item.netns or HOST for item in steps if isinstance(item, Address) and item.address.ip == check.address]
+        if not owners:
+            raise fail(f"{where}.throughput", f"{check.address} is no address of the lab: say where the iperf3 server "
+                                              "runs (server: host, internet or a namespace)")
+        server = owners[-1]
+    if server not in sides:
+        raise fail(f"{where}.server", f"{_shown(server)} is not host, internet or a namespace of the lab")
+    if server == check.source:
+        raise fail(f"{where}.server", f"{_shown(server)} is the check's own side: a throughput check measures "
+                                      "between two sides")
+    return dataclasses.replace(check, server=server)
 
 
 # ------------------------------------------------------- reference checks
@@ -620,6 +777,8 @@ def _check_references(fail, topology: Topology) -> None:
                 if item.name in target:
                     raise fail(f"{where}.move_to", f"{_shown(item.move_to)} already has a link {_shown(item.name)}")
                 target[item.name] = links.pop(item.name)
+            elif item.mtu is not None:
+                world.once(fail, where, f"{where}.mtu", ("mtu", item.netns, item.name), item.mtu)
             elif item.master is not None:
                 if world.link(fail, where, item.netns, item.master, "master") != "bridge":
                     raise fail(f"{where}.master", f"{_shown(item.master)} is not a bridge")
@@ -640,6 +799,9 @@ def _check_references(fail, topology: Topology) -> None:
             world.once(fail, where, f"{where}.route", ("route", item.netns, str(item.destination)), str(item.destination))
         elif isinstance(item, Show):
             pass
+        elif isinstance(item, Impair):
+            world.link(fail, where, item.netns, item.dev, "impair")
+            world.once(fail, where, f"{where}.impair", ("impair", item.netns, item.dev), item.dev)
         elif isinstance(item, Service):
             if item.address != ANY_ADDRESS and not any(item.address == a.ip for a in world.addresses[item.netns]):
                 side = f"namespace {_shown(item.netns)}" if item.netns else "the host"

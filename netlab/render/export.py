@@ -74,8 +74,31 @@ _HTTP = (_TCP + ' && printf "GET %s HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n" "$3" "$1
 CHECK_TIMEOUT = "5"  # seconds, for a check's connection and answer
 
 
-def _check(check: LabCheck) -> dict:
-    """A lab check as the script runs it: ping, or a connection (and GET) with bash's /dev/tcp."""
+# A ping check's thresholds, judged from ping's summary: its loss and its slowest round trip.
+_PING_VERDICT = ("awk -v loss={loss} -v rtt={rtt} 'match($0, /[0-9.]+% packet loss/) "
+                 "{{ lost = substr($0, RSTART, RLENGTH - 13) + 0; seen = 1 }} /^rtt / {{ split($4, r, \"/\"); "
+                 "slowest = r[3] + 0 }} END {{ exit !(seen && lost <= loss && (rtt == \"\" || slowest <= rtt)) }}'")
+
+
+def _check(number: int, check: LabCheck) -> dict:
+    """A lab check as the script runs it: ping, a connection (and GET) with bash's /dev/tcp,
+    or iperf3 from the check's side to a one-off server on the other (the script's throughput)."""
+    if check.kind == "throughput":
+        serve = ("iperf3", "--server", "--one-off", "--bind", check.address, "--port", str(check.port), "--forceflush")
+        measure = ("iperf3", "--client", check.address, "--port", str(check.port), "--time", str(check.seconds),
+                   "--connect-timeout", "3000", "--json")
+        if not check.runnable:
+            return {"label": check.label, "command": None}
+        return {"label": check.label, "command": f"throughput serve_{number} measure_{number} {check.min_rate}",
+                "serve": shell_join(in_netns(check.server_netns, serve)),
+                "measure": shell_join(in_netns(check.netns, measure))}
+    thresholds = check.max_rtt_ms is not None or check.max_loss_percent is not None
+    if check.kind == "ping" and ((check.count or 1) > 1 or thresholds):
+        argv = ("ping", "-n", "-q", "-c", str(check.count), "-i", "0.2", "-W", "2", check.address)
+        verdict = _PING_VERDICT.format(loss=f"{check.max_loss_percent or 0:g}",
+                                       rtt="" if check.max_rtt_ms is None else f"{check.max_rtt_ms:g}")
+        return {"label": check.label,
+                "command": shell_join(in_netns(check.netns, argv)) + " | " + verdict if check.runnable else None}
     if check.kind == "ping":
         argv = ("ping", "-n", "-q", "-c", "1", "-W", "2", check.address)
     else:
@@ -97,6 +120,8 @@ def tools_used(plan: Plan) -> List[str]:
     if "netlab" in used:
         used.discard("netlab")
         used.add("python3")
+    if any(check.kind == "throughput" and check.runnable for check in plan.checks):
+        used.add("iperf3")
     return sorted(used)
 
 
@@ -129,7 +154,8 @@ def export_script(plan: Plan) -> str:
         q=shlex.quote,
         app=app,
         app_end=APP_END,
-        checks=[_check(check) for check in plan.checks],
+        checks=[{"serve": None, "measure": None, **_check(number, check)}
+                for number, check in enumerate(plan.checks, 1)],
     )
 
 

@@ -92,6 +92,11 @@ def picture(name: str, steps: Sequence[Step], labels: Dict[Optional[str], str],
             here.notes.append((f"default via {argv[5]}", step.index))
         elif argv[:2] == ("sysctl", "-w"):
             here.notes.append((argv[2], step.index))
+        elif argv[:3] == ("ip", "link", "set") and len(argv) >= 6 and argv[4] == "mtu":
+            here.notes.append((f"{argv[3]}: mtu {argv[5]}", step.index))
+        elif argv[:3] == ("tc", "qdisc", "add"):
+            shaped = f"rate {_word_after(argv, 'rate')}" if "tbf" in argv else " ".join(argv[argv.index("netem") + 1:])
+            here.notes.append((f"{argv[4]}: {shaped}", step.index))
         elif argv[0] == "iptables" and "MASQUERADE" in argv:
             here.notes.append((_masquerade(argv), step.index))
         elif argv[0] == "iptables" and "DNAT" in argv:

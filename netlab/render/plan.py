@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 from netlab.model.sandbox import Sandbox
 from netlab.model.stages import Stage
-from netlab.model.topology import Address, Item, Link, Netns, Route, Topology, Veth
+from netlab.model.topology import INTERNET, Address, Item, Link, Netns, Route, Topology, Veth
 
 SAVED = "{saved}"  # in an undo argv: the value the step's `save` command printed before it ran
 SERVICE = ("netlab", "serve", "--background")  # a lab service's step: SERVICE + (ADDRESS, PORT)
@@ -134,6 +134,7 @@ _TOUCHED = (  # (argv prefix, what it is) of a step on the host itself
     (("ip", "route", "add"), "routes added"),
     (("iptables",), "iptables rules added"),
     (("sysctl",), "sysctls set"),
+    (("tc", "qdisc", "add"), "qdiscs added"),
     (("netlab", "serve"), "servers started"),
 )
 
@@ -144,7 +145,8 @@ def touches(steps) -> list:
     for prefix, what in _TOUCHED:
         matching = [step for step in host if step.argv[:len(prefix)] == prefix]
         if matching:
-            named = sorted({step.argv[3] if prefix[0] == "ip" else step.argv[-1] for step in matching})
+            position = {"ip": 3, "tc": 4}.get(prefix[0], -1)  # the link's name; a sysctl's key, a server's port
+            named = sorted({step.argv[position] for step in matching})
             shown = ", ".join(named[:6]) + (", ..." if len(named) > 6 else "")
             lines.append(f"{len(matching)} {what} on the host: {shown}" if prefix[0] != "iptables"
                          else f"{len(matching)} {what} on the host")
@@ -159,27 +161,43 @@ class LabCheck:
     """A check of the topology, placed: the real namespace it runs from (None for the
     root namespace). An `internet` check needs a sandbox: without one, `runnable` is False."""
 
-    kind: str  # ping, tcp or http
+    kind: str  # ping, tcp, http or throughput
     source: str  # as the lab says it: host, internet or a lab namespace
     netns: Optional[str]
     address: str
     port: Optional[int] = None
     path: Optional[str] = None
     runnable: bool = True
+    count: Optional[int] = None  # a ping's: how many it sends, and what they must give
+    max_rtt_ms: Optional[float] = None
+    max_loss_percent: Optional[float] = None
+    min_rate: Optional[int] = None  # a throughput check's: bits per second, measured for SECONDS
+    min_rate_text: Optional[str] = None
+    seconds: Optional[int] = None
+    server: Optional[str] = None  # the side its iperf3 server runs on, and that side's namespace
+    server_netns: Optional[str] = None
 
     @property
     def label(self) -> str:
-        target = self.address if self.port is None else f"{self.address}:{self.port}"
+        target = self.address if self.port is None or self.kind == "throughput" else f"{self.address}:{self.port}"
         if self.kind == "http" and self.path not in (None, "/"):
             target += self.path
-        return f"{self.kind} {target} from {self.source}"
+        limits = [f"rtt <= {self.max_rtt_ms:g} ms"] if self.max_rtt_ms is not None else []
+        limits += [f"loss <= {self.max_loss_percent:g}%"] if self.max_loss_percent is not None else []
+        limits += [f">= {self.min_rate_text}"] if self.min_rate_text else []
+        return f"{self.kind} {target} from {self.source}" + (f" ({', '.join(limits)})" if limits else "")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Its fields; of a threshold or a throughput check's, only those it has."""
+        data = dataclasses.asdict(self)
+        return {key: value for key, value in data.items() if value is not None or key in _CHECK_BASICS}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LabCheck":
         return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls) if field.name in data})
+
+
+_CHECK_BASICS = ("kind", "source", "netns", "address", "port", "path", "runnable")
 
 
 @dataclass(frozen=True)
@@ -340,7 +358,10 @@ def _side(source: str, sandbox: Optional[Sandbox], host: Optional[str], nsname) 
 
 
 def _place(check, sandbox: Optional[Sandbox], host: Optional[str], nsname) -> LabCheck:
-    """Where CHECK runs: the host side, the sandbox's internet, or a lab namespace."""
-    runnable = check.source != "internet" or sandbox is not None
+    """Where CHECK runs: the host side, the sandbox's internet, or a lab namespace (and a
+    throughput check's server likewise)."""
+    runnable = INTERNET not in (check.source, check.server) or sandbox is not None
     return LabCheck(check.kind, check.source, _side(check.source, sandbox, host, nsname), str(check.address),
-                    check.port, check.path, runnable)
+                    check.port, check.path, runnable, check.count, check.max_rtt_ms, check.max_loss_percent,
+                    check.min_rate, check.min_rate_text, check.seconds, check.server,
+                    _side(check.server, sandbox, host, nsname) if check.server else None)

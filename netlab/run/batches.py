@@ -159,8 +159,9 @@ def _iptables_rule(argv: Sequence[str], verbs=("-A", "--append")) -> Optional[Tu
 
 
 def lane_of(step: Step) -> str:
-    """How STEP can run: NETNS, IP, IPTABLES (in a batch) or SINGLE (on its own)."""
-    if step.read_only or not _safe(step.argv):
+    """How STEP can run: NETNS, IP, IPTABLES (in a batch) or SINGLE (on its own: also a step
+    whose old value is saved first, as an MTU's)."""
+    if step.read_only or step.save is not None or not _safe(step.argv):
         return SINGLE
     if created_netns(step):
         return NETNS
@@ -440,9 +441,10 @@ def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[
         if index in deleted.values():
             continue
         lane = lane_of(step)
-        if (step.netns in deleted and (lane != SINGLE or step.argv[0] == "sysctl")
-                or lane == IP and (index in dying or (step.netns, _acts_on(step.argv)) in doomed
-                                   or set(netns_mentions(step.argv)) & set(deleted))):
+        on_link = lane == IP or step.argv[0] == "ip" and step.save is not None  # an MTU: a link's, saved first
+        if (step.netns in deleted and (lane != SINGLE or on_link or step.argv[0] in ("sysctl", "tc"))
+                or on_link and (index in dying or (step.netns, _acts_on(step.argv)) in doomed
+                                or set(netns_mentions(step.argv)) & set(deleted))):
             plan.covered.append(index)
         elif step.undo is None:
             continue  # a move: undone with its veth

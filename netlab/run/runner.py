@@ -510,6 +510,10 @@ def _recover(plan: Plan, batch, result: Result, record: journals.Journal, execut
 def _step_failed(plan: Plan, step: Step, result: Result) -> StepFailed:
     said = "; ".join(line.strip() for line in result.stderr.strip().splitlines() if line.strip())
     said = said or f"exit code {result.code}"
+    if step.argv[:3] == ("tc", "qdisc", "add") and "qdisc kind is unknown" in said:
+        kind = next((word for word in ("netem", "tbf") if word in step.argv), "that")
+        said += (f" (this kernel has no {kind} qdisc: it needs CONFIG_NET_SCH_{kind.upper()}, "
+                 f"or the module: modprobe sch_{kind})")
     return StepFailed(f"{plan.name}: step {step.index} of {len(plan.steps)} failed: {step.command}: {said}",
                       step, result)
 
