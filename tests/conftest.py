@@ -18,6 +18,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -35,6 +36,15 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 def sh(*argv, check=False, timeout=60, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=timeout, **kwargs)
+
+
+def netlab_cli(state_dir, *args, timeout=300) -> subprocess.CompletedProcess:
+    """`netlab ARGS` as a user runs it (its own process, no standard input), its journals in
+    STATE_DIR; never paused by a test hook the caller's environment may hold."""
+    env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir)}
+    env.pop("NETLAB_TEST_PAUSE", None)
+    return subprocess.run([sys.executable, "-m", "netlab", *map(str, args)], capture_output=True, text=True,
+                          env=env, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
 def namespaces() -> list:

@@ -2,8 +2,8 @@
 
 A snapshot is what `up` then `down` (or a failed `up`) must leave unchanged:
 for each namespace, `ip -j -d link`, `ip -j addr`, `ip -j route show table
-all`, `iptables-save` without counters or comments, and the sysctls labs
-touch; plus the list of namespaces under a prefix. Read-only commands only.
+all`, `iptables-save` without counters or comments, the sysctls labs touch
+and `tc -j qdisc show`; plus the list of namespaces under a prefix. Read-only commands only.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def netns_snapshot(netns: str) -> dict:
         "routes": _json(*exec_, "ip", "-j", "route", "show", "table", "all"),
         "iptables": iptables_rules(netns),
         "sysctls": {key: sh(*exec_, "sysctl", "-n", key, check=True).stdout.strip() for key in SYSCTLS},
+        "qdiscs": _json(*exec_, "tc", "-j", "qdisc", "show"),
     }
 
 

@@ -10,7 +10,6 @@ invalid-input corpus holds the form's mistakes (tests/invalid/nodes-*.yaml).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +17,13 @@ from pathlib import Path
 import pytest
 
 import netlab
+from conftest import netlab_cli
 from kernel import settled, snapshot
 from netlab.model.source import read_text, step_form_text
 
 HERE = Path(__file__).parent
 REWRITE = HERE / "labs" / "egress-ingress-nodes.yaml"
 NODES_LABS = ["two-subnets", str(REWRITE)]
-
-
-def netlab_cli(state_dir, *args):
-    env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir)}
-    return subprocess.run([sys.executable, "-m", "netlab", *map(str, args)], capture_output=True, text=True,
-                          env=env, stdin=subprocess.DEVNULL, timeout=300)
 
 
 @pytest.mark.parametrize("lab", NODES_LABS)

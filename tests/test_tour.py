@@ -23,16 +23,10 @@ from pathlib import Path
 import pytest
 
 import netlab
-from conftest import namespaces, pids_in_netns, netns_inode, serve_processes
+from conftest import namespaces, netlab_cli, netns_inode, pids_in_netns, serve_processes
 from netlab.model.source import catalog
 
 TOURED = [lab.name for lab in catalog() if lab.stages]
-
-
-def netlab_cli(state_dir, *args, timeout=300):
-    env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir)}
-    return subprocess.run([sys.executable, "-m", "netlab", *map(str, args)], capture_output=True, text=True,
-                          env=env, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
 def left_behind(prefix: str, state_dir: Path) -> list:

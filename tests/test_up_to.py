@@ -8,25 +8,15 @@ from there. Batched or step by step, `up` prints its steps in plan order.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 import netlab
-from conftest import sh
+from conftest import netlab_cli, sh
 
 pytestmark = pytest.mark.root
 MODES = ("batched", "step-by-step")
-
-
-def netlab_cli(state_dir, *args):
-    env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir)}
-    env.pop("NETLAB_TEST_PAUSE", None)
-    return subprocess.run([sys.executable, "-m", "netlab", *map(str, args)], capture_output=True, text=True,
-                          env=env, stdin=subprocess.DEVNULL, timeout=300)
 
 
 def ok(state_dir, *args) -> str:

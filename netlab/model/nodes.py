@@ -261,15 +261,15 @@ def _end(fail, where: str, end: Any, real: Any, lab: _Lab, sides: set):
         (end, written), = end.items()
         (_, real_address), = real.items()
         if isinstance(written, dict):
-            settings = dict(known_keys(fail, f"{where}.{_shown_key(end)}", written, _END_KEYS, "a link end"))
+            settings = dict(known_keys(fail, where, written, _END_KEYS, "a link end"))
             real_settings = real_address
             written, real_address = settings.pop("address", None), real_settings.get("address")
             for key, parser in (("mtu", mtu), ("delay", tc_time), ("jitter", tc_time), ("loss", loss_percent),
                                 ("rate", bit_rate)):
                 if key in settings:
-                    _field(fail, f"{where}.{_shown_key(end)}.{key}", parser, real_settings[key])
+                    _field(fail, f"{where}.{key}", parser, real_settings[key])
             if "jitter" in settings and "delay" not in settings:
-                raise fail(f"{where}.{_shown_key(end)}.jitter", "a jitter varies a delay: give the delay too")
+                raise fail(f"{where}.jitter", "a jitter varies a delay: give the delay too")
     if not isinstance(end, str) or end.count(":") != 1:
         raise fail(where, f"{_shown(end)} is not NODE:IFACE or BRIDGE:PORT")
     owner, iface = end.split(":")

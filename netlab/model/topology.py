@@ -331,10 +331,12 @@ def bit_rate(value: Any) -> Tuple[str, int]:
     """A rate in bits per second, as tc writes it (10mbit), and its value."""
     text = _text(value).strip()
     match = _RATE_RE.fullmatch(text.lower())
-    bits = int(float(match.group(1)) * _RATE_UNITS[match.group(2)]) if match else 0
+    if not match:
+        raise _Bad(f"{_shown(text)} is not a rate in bits per second (a number and bit, kbit, mbit or gbit, as in "
+                   f"10mbit; tc's mbps would be bytes)")
+    bits = int(float(match.group(1)) * _RATE_UNITS[match.group(2)])
     if bits < 8000:
-        raise _Bad(f"{_shown(text)} is not a rate of at least 8kbit (a number and bit, kbit, mbit or gbit: "
-                   f"bits per second, as in 10mbit)")
+        raise _Bad(f"{_shown(text)} is below 8kbit, the least rate netlab shapes or measures")
     return text.lower(), bits
 
 
