@@ -78,9 +78,9 @@ def _host(remote: Optional[str], ssh_opts: List[str]):
     if remote is None:
         if ssh_opts:
             raise InputError("--ssh-opt is for --remote; there is no remote host", None, "--ssh-opt")
-        from netlab.run.execute import Executor
+        from netlab.run.execute import local_executor
 
-        yield Executor()
+        yield local_executor()
         return
     from netlab.remote.ssh import connect
 
@@ -556,12 +556,14 @@ def graph_command(
     states = None
     if live or not (builtin_path(target) or os.path.exists(target)):
         from netlab.check.status import read_lab, step_states
+        from netlab.run.execute import local_executor
 
         if sandbox is not None or host_netns is not None or assignments:
             raise InputError("a lab that is up is drawn as it is: no --sandbox, --host-netns or --set",
                              None, "TARGET")
+        executor = local_executor()
         try:
-            record, _ = read_lab(target, action="graph")
+            record, _ = read_lab(target, action="graph", executor=executor)
         except InputError as error:
             if live:
                 raise
@@ -569,7 +571,7 @@ def graph_command(
 
             raise InputError(f"{not_found(target)}; and {error.message}", None, "TARGET") from None
         steps, name = record.steps(), record.name
-        states = {state.index: state.state for state in step_states(record)}
+        states = {state.index: state.state for state in step_states(record, executor)}
         names = lab_namespaces(record.header.get("sandbox"), record.header.get("host_netns"), steps)
     else:
         plan = _make_plan(target, sandbox, assignments, host_netns)
@@ -616,11 +618,11 @@ def exec_command(
         real = resolve_netns(record, netns)
         if executor.remote is not None:  # over a connection of its own, which has the terminal
             argv = executor.interactive_argv(command, real, sys.stdin.isatty())
-    if remote is not None:
-        _exec(argv)
-    if shutil.which(command[0]) is None:
+        else:
+            argv, _ = executor.command_line(tuple(command), real, None)
+    if remote is None and shutil.which(command[0]) is None:
         raise InputError(f"{command[0]}: command not found", None, "COMMAND")
-    _exec(("ip", "netns", "exec", real, *command) if real else tuple(command))
+    _exec(argv)
 
 
 @app.command("capture")
@@ -647,9 +649,15 @@ def capture_command(
     """
     from netlab.check.capture import require_tcpdump, tcpdump_argv
     from netlab.check.status import find_link, read_lab
+    from netlab.run.execute import local_executor
 
-    record, _ = read_lab(name, action="capture")
-    real, link = find_link(record, iface)
+    executor = local_executor()
+    record, _ = read_lab(name, action="capture", executor=executor)
+    if executor.rootless:
+        from netlab.check.capture import ROOTLESS_CAPTURE
+
+        raise InputError(ROOTLESS_CAPTURE)
+    real, link = find_link(record, iface, executor)
     _writable(write, "--write")
     argv = tcpdump_argv(link, expression or (), count, None if write is None else str(write.absolute()))
     require_tcpdump()
@@ -657,7 +665,7 @@ def capture_command(
     into = f", into {write} (a pcap file for Wireshark)" if write is not None else ""
     until = f"after {count} packets or Ctrl-C" if count else "with Ctrl-C"
     sys.stderr.write(f"netlab: capturing on {where}{into}; stop it {until}\n")
-    _exec(("ip", "netns", "exec", real, *argv) if real else tuple(argv))
+    _exec(executor.command_line(tuple(argv), real, None)[0])
 
 
 def _exec(argv) -> None:

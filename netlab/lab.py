@@ -7,7 +7,8 @@
 
 `up` returns only when every step is in place; when a step fails it has
 already rolled back and raises StepFailed. Leaving the `with` block always
-takes the lab down.
+takes the lab down. As an ordinary user, a sandbox lab is rootless
+(netlab.run.rootless): the same calls, no root needed.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 from netlab.render.plan import Plan
-from netlab.run.execute import Executor, Result
+from netlab.run.execute import Result, local_executor
 
 
 class Lab:
-    """A lab that is up on this host (or in its sandbox)."""
+    """A lab that is up on this host (or in its sandbox; as an ordinary user, a rootless one)."""
 
     def __init__(self, plan: Plan, state_dir=None, reporter=None):
         self.plan = plan
         self.state_dir = state_dir
         self.reporter = reporter
+        self.executor = local_executor()  # what runs its commands: this host, or its rootless namespaces
         self.is_up = False
 
     @property
@@ -41,7 +43,7 @@ class Lab:
     def up(self) -> "Lab":
         from netlab.run.runner import up
 
-        up(self.plan, self.state_dir, self.reporter)
+        up(self.plan, self.state_dir, self.reporter, self.executor)
         self.is_up = True
         return self
 
@@ -49,12 +51,12 @@ class Lab:
         """Take the lab down (a lab that is not up is nothing to do)."""
         from netlab.run.runner import down
 
-        down(self.name, self.state_dir, self.reporter, exact=True)
+        down(self.name, self.state_dir, self.reporter, self.executor, exact=True)
         self.is_up = False
 
     def run(self, netns: str, argv: Sequence[str], check: bool = True) -> Result:
         """Run ARGV in the lab's namespace NETNS ("host" for the host side); with CHECK, a failure raises CommandError."""
-        result = Executor().run(tuple(argv), self.netns(netns))
+        result = self.executor.run(tuple(argv), self.netns(netns))
         if check and not result.ok:
             raise result.error()
         return result
@@ -63,13 +65,13 @@ class Lab:
         """Run the lab's checks against the live lab: a list of netlab.check.verify.CheckResult (`.ok`, `.detail`)."""
         from netlab.check.verify import run_checks
 
-        return run_checks(self.plan.checks)
+        return run_checks(self.plan.checks, self.executor)
 
     def status(self):
         """Each step's live state (see netlab.check.status)."""
         from netlab.check.status import lab_steps
 
-        return lab_steps(self.name, self.state_dir)[1]
+        return lab_steps(self.name, self.state_dir, self.executor)[1]
 
     def __enter__(self) -> "Lab":
         if not self.is_up:

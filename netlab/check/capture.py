@@ -35,6 +35,11 @@ def tcpdump_argv(iface: str, words: Sequence[str] = (), count: Optional[int] = N
     return argv + list(words)
 
 
+ROOTLESS_CAPTURE = ("capturing in a rootless lab is not possible: Debian's tcpdump drops to its own `tcpdump` "
+                    "user, which the lab's user namespace (one user: you, as root) does not have; run the lab "
+                    "with sudo to capture")
+
+
 def require_tcpdump() -> None:
     if shutil.which("tcpdump") is None:
         raise NetlabError("tcpdump is not installed (on Debian or Ubuntu: apt-get install tcpdump)")
@@ -43,10 +48,11 @@ def require_tcpdump() -> None:
 class Capture:
     """`with Capture(netns, iface, words, count) as capture: ...`, then `capture.lines`."""
 
-    def __init__(self, netns: Optional[str], iface: str, words: Sequence[str], count: int):
+    def __init__(self, netns: Optional[str], iface: str, words: Sequence[str], count: int, executor=None):
         argv = tcpdump_argv(iface, words, count, quiet_time=True)
         argv.insert(1, "--immediate-mode")  # each packet handed over as it comes, not a buffer later
-        self.argv = in_netns(netns, argv)
+        self.argv = in_netns(netns, argv)  # as it is shown; it runs through EXECUTOR's namespaces if given
+        self._running = executor.command_line(tuple(argv), netns, None)[0] if executor is not None else self.argv
         self.lines: List[str] = []
         self._process: Optional[subprocess.Popen] = None
 
@@ -56,7 +62,7 @@ class Capture:
 
     def __enter__(self) -> "Capture":
         require_tcpdump()
-        self._process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        self._process = subprocess.Popen(self._running, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True, start_new_session=True)
         said = []
         for line in self._process.stderr:  # tcpdump binds its socket, then says so

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from netlab.check.status import MISSING, NOT_APPLIED, namespaces, read_lab, step_states
 from netlab.check.verify import CheckResult, passed, run_checks, table
 from netlab.render.plan import SERVICE, LabCheck, Step, in_netns, shell_join
-from netlab.run.execute import Executor
+from netlab.run.execute import Executor, local_executor
 
 IP_FORWARD = "net.ipv4.ip_forward"
 BRIDGE_NF = "net.bridge.bridge-nf-call-iptables"
@@ -74,8 +74,8 @@ def diagnose(name: str, state_dir=None, executor: Optional[Executor] = None) -> 
     """Run the checks of the lab called NAME and find the root causes of what is wrong."""
     from netlab.check.verify import lab_checks
 
-    executor = executor or Executor()
-    record, _ = read_lab(name, state_dir, action="doctor")
+    executor = executor or local_executor()
+    record, _ = read_lab(name, state_dir, action="doctor", executor=executor)
     results = run_checks(lab_checks(record), executor)
     live = Live(executor, namespaces(record))
     steps = record.steps()
@@ -98,7 +98,7 @@ def causes_of(record, check: LabCheck, executor: Optional[Executor] = None) -> L
     """The causes doctor finds on the path of CHECK, a check that fails, in the live lab of
     the journal RECORD: what stops it there and then, whether or not the lab is fully up
     (a tour stage's check that fails before the step that fixes it, as the documents show)."""
-    return _path(Live(executor or Executor(), namespaces(record)), record.steps(), check)
+    return _path(Live(executor or local_executor(), namespaces(record)), record.steps(), check)
 
 
 # ------------------------------------------------------------ the live kernel

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from netlab.errors import InputError
+from netlab.errors import InputError, NetlabError
 from netlab.model.sandbox import Sandbox
 from netlab.run import journal as journals
-from netlab.run.execute import Executor
+from netlab.run.execute import Executor, local_executor
 
 # A step's state on the live host.
 IN_EFFECT = "in effect"  # the lab did it and it holds
@@ -50,9 +50,11 @@ class StepState:
         return dict(self.__dict__)
 
 
-def _summary(record: journals.Journal, store) -> LabSummary:
+def _summary(record: journals.Journal, store, vanished: bool = False) -> LabSummary:
     if not record.from_this_boot:
         state = "stale"  # written before the last reboot, which undid the lab; the next up or down drops it
+    elif vanished:
+        state = "gone"  # a rootless lab whose keeper ended, and its namespaces with it; the next up or down drops it
     elif store.held_elsewhere(record.name):
         state = "busy"
     elif record.complete:
@@ -73,35 +75,43 @@ def _summary(record: journals.Journal, store) -> LabSummary:
 
 def labs(state_dir=None, executor: Optional[Executor] = None) -> List[LabSummary]:
     """Every lab the host (of EXECUTOR; this one unless said) has a journal for, by name."""
-    executor = executor or Executor()
+    executor = executor or local_executor()
     executor.require_root("status")
     store = executor.state_store(state_dir, create=False)
-    return [_summary(record, store) for record in store.all()]
+    summaries = []
+    for record in store.all():
+        executor.attach(record)
+        summaries.append(_summary(record, store, executor.vanished))
+    return summaries
 
 
 def read_lab(name: str, state_dir=None, action: str = "status", executor: Optional[Executor] = None):
     """The journal of the lab called NAME (or of the one lab whose own name is NAME), and the
     store it is in; a lab that is not up is bad input for ACTION."""
-    executor = executor or Executor()
+    executor = executor or local_executor()
     executor.require_root(action)
     store = executor.state_store(state_dir, create=False)
     record = store.find(name)
     if record is None:
         up = ", ".join(record.name for record in store.all()) or "none"
         raise InputError(f"no lab called {name} is up{store.where} (up: {up})")
+    executor.attach(record)
+    if executor.vanished:
+        raise NetlabError(f"{record.name}: the keeper of its namespaces has ended, and every namespace and process "
+                          f"of the lab with it; `netlab down {record.name}` forgets its journal")
     return record, store
 
 
 def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) -> Tuple[LabSummary, List[StepState]]:
     """The lab called NAME (or the one lab whose own name is NAME) and the live state of each step."""
-    executor = executor or Executor()
+    executor = executor or local_executor()
     record, store = read_lab(name, state_dir, executor=executor)
     return _summary(record, store), step_states(record, executor)
 
 
 def step_states(record: journals.Journal, executor: Optional[Executor] = None) -> List[StepState]:
     """The live state of each step of the lab RECORD describes, in plan order."""
-    executor = executor or Executor()
+    executor = executor or local_executor()
     done, found, started = record.done, record.found, set(record.started)
     states = []
     for step in record.steps():
@@ -155,7 +165,7 @@ def resolve_netns(record: journals.Journal, name: str, where: str = "NS") -> Opt
 def find_link(record: journals.Journal, spec: str, executor: Optional[Executor] = None) -> Tuple[Optional[str], str]:
     """The (real namespace, interface) that SPEC names: `NS:IFACE`, or `IFACE` alone when
     exactly one side of the lab has an interface of that name."""
-    executor = executor or Executor()
+    executor = executor or local_executor()
     side, sep, link = spec.rpartition(":")
     if sep:
         real = resolve_netns(record, side, "[NS:]IFACE")

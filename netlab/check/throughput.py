@@ -17,7 +17,7 @@ import subprocess
 import threading
 from typing import Optional, Tuple
 
-from netlab.render.plan import LabCheck, in_netns
+from netlab.render.plan import LabCheck
 from netlab.run.execute import Executor
 
 GRACE = 15  # seconds a server may take beyond its test before it is killed
@@ -45,8 +45,8 @@ def measure(executor: Executor, source: Optional[str], server_netns: Optional[st
             seconds: int) -> Tuple[Optional[float], str]:
     """The rate in bits per second an iperf3 server in SERVER_NETNS on ADDRESS:PORT received
     from a client in SOURCE for SECONDS, or None and why not."""
-    argv = in_netns(server_netns, ("iperf3", "--server", "--one-off", "--bind", address, "--port", str(port),
-                                   "--forceflush"))
+    argv, _ = executor.command_line(("iperf3", "--server", "--one-off", "--bind", address, "--port", str(port),
+                                     "--forceflush"), server_netns, None)
     server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     deadline = threading.Timer(seconds + GRACE, server.kill)

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence
 from netlab.check.throughput import throughput
 from netlab.programs.reach import TIMEOUT, reach
 from netlab.render.plan import LabCheck
-from netlab.run.execute import Executor
+from netlab.run.execute import Executor, local_executor
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
@@ -47,7 +47,7 @@ class CheckResult:
 
 def run_checks(checks: Sequence[LabCheck], executor: Optional[Executor] = None) -> List[CheckResult]:
     """Run CHECKS side by side; the results come back in the checks' order."""
-    executor = executor or Executor()
+    executor = executor or local_executor()
     results: List[Optional[CheckResult]] = [None] * len(checks)
 
     def run(i: int, check: LabCheck) -> None:
@@ -137,8 +137,8 @@ def _connect(check: LabCheck, executor: Executor):
     """A tcp connection, or an HTTP GET, from inside the check's namespace (netlab.programs.reach):
     here, from a thread that enters the namespace and stays there (run_checks gives each
     check a thread of its own, which ends with it); on a remote host, by its python3."""
-    if executor.remote is not None:
-        return _connect_remotely(check, executor)
+    if executor.remote is not None or executor.rootless:  # a thread cannot enter a user namespace
+        return _connect_by_process(check, executor)
     try:
         _enter(check.netns)
     except OSError as error:
@@ -146,7 +146,8 @@ def _connect(check: LabCheck, executor: Executor):
     return reach(check.kind, check.address, check.port, check.path or "/", TIMEOUT)
 
 
-def _connect_remotely(check: LabCheck, executor: Executor):
+def _connect_by_process(check: LabCheck, executor: Executor):
+    """The same by a python3 process in the check's namespace (netlab.programs.reach's main)."""
     import json
 
     from netlab import programs
@@ -162,7 +163,7 @@ def _connect_remotely(check: LabCheck, executor: Executor):
         said = result.stderr.strip().splitlines()
         if result.code == 127 or any("python3" in line and ("not found" in line or "No such file" in line)
                                      for line in said):
-            return None, f"needs python3 on {executor.remote.label}"
+            return None, f"needs python3 on {executor.remote.label if executor.remote else 'this host'}"
         return False, said[-1] if said else f"exit code {result.code}"
 
 

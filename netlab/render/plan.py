@@ -321,7 +321,7 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
         raise InputError(f"{host_netns!r} is also a namespace the lab creates", topology.source, "--host-netns")
 
     env = environment()
-    moved = {(item.netns, item.name) for item in items if isinstance(item, Link) and item.move_to}
+    moved = _final_homes(items)
 
     def render(item: Item):
         """The steps of ITEM, as the templates' JSON lines."""
@@ -345,6 +345,20 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
         for stage in topology.stages)
     return Plan(topology.name, topology.title, name, sandbox, topology.params, tuple(steps), host_netns, checks,
                 stages)
+
+
+def _final_homes(items) -> dict:
+    """(namespace, link) -> the namespace a later step moves that link into (at last: a link
+    moved on again is followed there), for every link some step moves; the lab's names."""
+    moves = {(item.netns, item.name): item.move_to for item in items if isinstance(item, Link) and item.move_to}
+    homes = {}
+    for (netns, name), target in moves.items():
+        seen = {netns}
+        while (target, name) in moves and target not in seen:
+            seen.add(target)
+            target = moves[target, name]
+        homes[netns, name] = target
+    return homes
 
 
 def _side(source: str, sandbox: Optional[Sandbox], host: Optional[str], nsname) -> Optional[str]:

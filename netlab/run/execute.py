@@ -27,6 +27,16 @@ def require_root(action: str) -> None:
         raise InputError(f"netlab {action} works on network namespaces and needs root (try: sudo netlab {action} ...)")
 
 
+def local_executor() -> "Executor":
+    """The executor of this host: as root, the host itself; as an ordinary user, a rootless
+    lab's (netlab.run.rootless), which runs everything in the lab's own user namespaces."""
+    if os.geteuid() == 0:
+        return Executor()
+    from netlab.run.rootless import RootlessExecutor
+
+    return RootlessExecutor()
+
+
 @dataclass(frozen=True)
 class Result:
     argv: Tuple[str, ...]
@@ -58,6 +68,8 @@ class Executor:
 
     workers = 8  # commands that may run side by side (a round's batches, probes)
     remote = None  # the Remote it runs on; None: this host
+    rootless = False  # a rootless lab's (netlab.run.rootless): its commands enter the lab's user namespace
+    vanished = False  # the lab it was attached to is gone with its namespaces (a rootless lab's keeper ended)
 
     def __init__(self, machine=None):
         if machine is None:
@@ -67,6 +79,22 @@ class Executor:
 
     def require_root(self, action: str) -> None:
         require_root(action)
+
+    def admit(self, plan) -> None:
+        """Refuse (InputError) a plan this host cannot bring up; any plan here, as root."""
+
+    def lab_header(self) -> dict:
+        """What a new lab's journal header records of where it runs: nothing here."""
+        return {}
+
+    def new_lab(self, record_keeper) -> None:
+        """Make what a new lab runs in (a rootless lab's keeper); nothing here."""
+
+    def attach(self, record) -> None:
+        """Work in the lab whose journal is RECORD; here, the host itself."""
+
+    def lab_gone(self) -> None:
+        """The lab's journal is about to be removed: end what it ran in; nothing here."""
 
     def state_store(self, directory=None, create: bool = True):
         """Where the journals and locks of this host's labs live (netlab.run.store)."""

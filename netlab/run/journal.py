@@ -223,6 +223,12 @@ class Journal:
                 if isinstance(record.get("server"), int) and "pid" in record and "started" in record}
 
     @property
+    def keeper(self) -> Optional[dict]:
+        """A rootless lab's keeper, as `up` recorded it (netlab.run.rootless); None: none yet."""
+        found = [record["keeper"] for record in self.records if isinstance(record.get("keeper"), dict)]
+        return found[-1] if found else None
+
+    @property
     def stopped_at(self) -> Optional[int]:
         """N when the last `up` was `up --to N` and stopped there as asked; None otherwise
         (a later `up` that went on, and was interrupted, is just partial)."""

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 from netlab.errors import ConnectionLost, InputError, NetlabError
 from netlab.render.plan import Plan, Step
 from netlab.run import journal as journals
-from netlab.run.execute import TIMED_OUT, Executor, Result
+from netlab.run.execute import TIMED_OUT, Executor, Result, local_executor
 
 
 class StepFailed(NetlabError):
@@ -166,15 +166,24 @@ def _left_as_is(error: ConnectionLost, name: str, store, executor: Executor) -> 
     return error
 
 
-def _current(store, name: str, reporter: Reporter) -> Optional[journals.Journal]:
-    """The journal of NAME in STORE, if any; one from before the host's last reboot is
-    removed (the reboot undid the lab)."""
+def _current(store, name: str, reporter: Reporter, executor: Executor) -> Optional[journals.Journal]:
+    """The journal of NAME in STORE, if any, with EXECUTOR attached to its lab. One from
+    before the host's last reboot is removed (the reboot undid the lab), and so is one whose
+    lab vanished with its namespaces (a rootless lab whose keeper ended)."""
     record = store.read(name)
-    if record is None or record.from_this_boot:
-        return record
-    reporter.warn(f"{record.name}: its journal was written before the last reboot, which undid the lab; removed")
-    record.remove()
-    return None
+    if record is None:
+        return None
+    if not record.from_this_boot:
+        reporter.warn(f"{record.name}: its journal was written before the last reboot, which undid the lab; removed")
+        record.remove()
+        return None
+    executor.attach(record)
+    if executor.vanished:
+        reporter.warn(f"{record.name}: the keeper of its namespaces has ended, and every namespace and process of "
+                      f"the lab with it; its journal is removed")
+        record.remove()
+        return None
+    return record
 
 
 # ---------------------------------------------------------------- up
@@ -190,24 +199,30 @@ def up(plan: Plan, state_dir=None, reporter: Optional[Reporter] = None,
     its own that went missing (a rule deleted by hand) is applied again; with CHECK,
     only said (LabDrift), nothing changed."""
     reporter = reporter or Reporter()
-    executor = executor or Executor()
+    executor = executor or local_executor()
     total = len(plan.steps)
     if to is not None and not 1 <= to <= total:
         raise InputError(f"--to takes a step number from 1 to {total}, not {to}", None, "--to")
     executor.require_root("up")
+    executor.admit(plan)
     store = executor.state_store(state_dir)
     if plan.host_netns and not executor.run(("ip", "netns", "pids", plan.host_netns)).ok:
         raise InputError(f"there is no network namespace {plan.host_netns!r} (see `ip netns list`)",
                          None, "--host-netns")
     with store.lock(plan.name):
-        record = _current(store, plan.name, reporter)
+        record = _current(store, plan.name, reporter, executor)
         if check and (record is None or not record.complete or record.digest != plan.digest):
             said = ("not up" if record is None else "up with another plan" if record.digest != plan.digest
                     else "only partly up")
             raise LabDrift(f"{plan.name} is {said}{store.where}; `up --check` changes nothing (without it, "
                            f"`netlab up` brings the lab up)")
         if record is None:
-            record = store.create(plan.name, _header(plan), plan.steps)
+            record = store.create(plan.name, {**_header(plan), **executor.lab_header()}, plan.steps)
+            try:
+                executor.new_lab(lambda keeper: record.append(keeper=keeper))
+            except BaseException:
+                record.remove()
+                raise
         else:
             if record.digest != plan.digest:
                 raise LabConflict(
@@ -531,6 +546,7 @@ def _rollback(record: journals.Journal, plan: Plan, executor: Executor, reporter
     if failures:
         record.close()
         return False
+    executor.lab_gone()
     record.remove()
     return True
 
@@ -660,7 +676,7 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
     deleted with what is in them (`_teardown`), unless STEP_BY_STEP: each step undone
     on its own, as the documents would."""
     reporter = reporter or Reporter()
-    executor = executor or Executor()
+    executor = executor or local_executor()
     executor.require_root("down")
     store = executor.state_store(state_dir)
     found = store.find(name, exact)
@@ -668,7 +684,7 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
         return Outcome(name, 0, 0, f"{name} is not up{store.where}; nothing to do")
     real_name = found.name
     with store.lock(real_name):
-        record = _current(store, real_name, reporter)
+        record = _current(store, real_name, reporter, executor)
         if record is None:
             return Outcome(real_name, 0, 0, f"{real_name} is not up; nothing to do")
         record.open_for_append()
@@ -687,6 +703,7 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
                               f"fix what is named and run `{_down_command(real_name, executor)}` again")
         to_undo = set(record.to_undo())
         taken = sum(1 for step in record.steps() if step.undo is not None and step.index in to_undo)
+        executor.lab_gone()
         record.remove()
     # the lab's steps that down took back: the same count whichever way (a batch deletes a namespace with
     # what is in it; one by one, the undo of a veth takes its other end too, which is then "gone")

@@ -1,7 +1,8 @@
 """Where a host's labs are kept: the state directory, its journals and the locks that guard them.
 
-The state directory is `$NETLAB_STATE_DIR` (default /run/netlab; mode 0700,
-never a symlink, owned by the running user). It holds NAME.journal (the
+The state directory is `$NETLAB_STATE_DIR` (default /run/netlab for root, and
+for an ordinary user `$XDG_RUNTIME_DIR/netlab` or ~/.local/state/netlab; mode
+0700, never a symlink, owned by the running user). It holds NAME.journal (the
 format is netlab.run.journal's) and NAME.lock, mode 0600. A Store is what the
 runner and `status` use: LocalStore here, netlab.remote.state.RemoteStore on
 a host reached over SSH.
@@ -28,7 +29,8 @@ class LabBusy(NetlabError):
 
 def state_dir(path: Optional[os.PathLike] = None, create: bool = True) -> Path:
     """The state directory: made 0700 if missing; a symlink or another user's directory is refused."""
-    directory = Path(path or os.environ.get("NETLAB_STATE_DIR") or DEFAULT_STATE_DIR)
+    directory = Path(path or os.environ.get("NETLAB_STATE_DIR") or (DEFAULT_STATE_DIR if os.geteuid() == 0
+                                                                     else user_state_dir()))
     where = "NETLAB_STATE_DIR" if path is None and os.environ.get("NETLAB_STATE_DIR") else "state directory"
     if create and not os.path.lexists(directory):
         try:
@@ -42,10 +44,25 @@ def state_dir(path: Optional[os.PathLike] = None, create: bool = True) -> Path:
         info = os.lstat(directory)
     except FileNotFoundError:
         return directory
+    except OSError as error:  # a directory of another user's, under one of theirs
+        raise InputError(f"cannot read {directory}: {error.strerror or error}", None, where) from None
     trust(directory, info, stat.S_ISDIR, "a directory", where)
     if stat.S_IMODE(info.st_mode) != 0o700:  # ours and written by nobody else: only tightened
         os.chmod(directory, 0o700)
     return directory
+
+
+def user_state_dir() -> Path:
+    """Where an ordinary user's labs (rootless: netlab.run.rootless) are kept:
+    $XDG_RUNTIME_DIR/netlab (gone at logout or reboot, as the labs are), else
+    ~/.local/state/netlab."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    try:
+        if runtime and os.stat(runtime).st_uid == os.geteuid():
+            return Path(runtime) / "netlab"
+    except OSError:
+        pass
+    return Path.home() / ".local" / "state" / "netlab"
 
 
 _FIX = "remove it, or set NETLAB_STATE_DIR to a directory of your own"

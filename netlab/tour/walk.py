@@ -23,7 +23,7 @@ from netlab.check.status import read_lab
 from netlab.check.verify import CheckResult, run_checks
 from netlab.errors import InputError, NetlabError
 from netlab.render.plan import LabCheck, Plan, PlanStage, Step
-from netlab.run.execute import Executor
+from netlab.run.execute import Executor, local_executor
 from netlab.run.runner import Interrupted, Reporter, down, up
 
 
@@ -117,7 +117,7 @@ def walk(plan: Plan, state_dir=None, executor: Optional[Executor] = None, report
     given, is called before each stage with its prompt and returns once the reader goes on.
     The lab is taken down at the end (with KEEP, only when the tour did not finish). Ctrl-C,
     SIGTERM or SIGHUP take it down and raise Interrupted, with the tour so far in `.tour`."""
-    executor = executor or Executor()
+    executor = executor or local_executor()
     reporter = reporter or Reporter()
     if not plan.stages:
         raise InputError(f"{plan.lab} has no stages to tour (labs with stages: see `netlab labs`)", None, "LAB")
@@ -201,10 +201,10 @@ def _observe(run: StageRun, name: str, state_dir, executor: Executor) -> None:
     """Run the stage's checks (inside its capture), then find the cause of each that fails."""
     planned, capture = run.planned, run.planned.stage.capture
     checks = [check for check, _ in planned.checks]
-    if capture is None:
+    if capture is None or executor.rootless:  # tcpdump cannot drop to its own user in a rootless lab
         results = run_checks(checks, executor)
     else:
-        with Capture(planned.capture_netns, capture.iface, capture.filter, capture.count) as packets:
+        with Capture(planned.capture_netns, capture.iface, capture.filter, capture.count, executor) as packets:
             results = run_checks(checks, executor)
         run.capture, run.packets = packets.command, packets.lines
     record, _ = read_lab(name, state_dir, action="tour", executor=executor)

@@ -1,0 +1,215 @@
+"""Rootless sandbox labs: an ordinary user's lab, inside user namespaces of its own.
+
+A sandbox lab never needs the real host, so it needs no root either: `up`
+by an ordinary user starts a keeper (netlab.run.keeper) in a user namespace
+where the user is root, with its own mount namespace (a /run, so a
+/run/netns, of its own), network namespace and PID namespace, and records it
+in the lab's journal. Every command of the lab, its probes, undos, checks and
+services alike, runs inside those namespaces: `nsenter --target KEEPER
+--user --mount --net --pid` before the usual `ip netns exec NS`. A later
+`status`, `verify`, `exec`, `capture`, `doctor` or `down` of the same user
+finds the keeper in the journal (pid and start time: that very process) and
+enters it the same way; `down` undoes the steps, then ends the keeper. When
+the keeper is gone (killed), so is everything of the lab: the kernel frees
+its namespaces and ends its processes with the PID namespace's first
+process; `down` then only forgets the journal. Another user cannot enter
+the keeper's namespaces, nor read the journal (in the user's own 0700
+state directory).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from netlab.errors import InputError, NetlabError
+from netlab.run.execute import Executor, _own_program
+from netlab.render.plan import in_netns
+
+KEEPER_START_TIMEOUT = 20  # seconds for the keeper to make its namespaces and say ready
+NSENTER = ("nsenter", "--preserve-credentials", "--user", "--mount", "--net", "--pid")
+
+
+# ------------------------------------------------------------ can this user?
+def userns_refusal(proc_sys: str = "/proc/sys") -> Optional[str]:
+    """Why this kernel lets no ordinary user make a user namespace (one line: the setting, and
+    the command that allows it), read from PROC_SYS; None when nothing forbids it."""
+    def read(key: str) -> Optional[str]:
+        try:
+            return Path(proc_sys, *key.split(".")).read_text().strip()
+        except OSError:
+            return None
+
+    for key, forbidding, allowing in (
+            ("kernel.unprivileged_userns_clone", "0", "1"),  # Debian's and Ubuntu's own switch
+            ("user.max_user_namespaces", "0", "15000"),
+            ("kernel.apparmor_restrict_unprivileged_userns", "1", "0")):  # Ubuntu 23.10 and later
+        if read(key) == forbidding:
+            return (f"this kernel lets no ordinary user create a user namespace ({key} = {forbidding}); "
+                    f"allow it (as root): sudo sysctl -w {key}={allowing}, or run netlab as root")
+    return None
+
+
+# ------------------------------------------------------------ the keeper
+def _start_time(pid: int) -> Optional[str]:
+    """The start time of process PID while it runs (not once it has ended, a zombie)."""
+    from netlab.programs.serve import _stat
+
+    try:
+        fields = _stat(pid)
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _child_of(pid: int) -> Optional[int]:
+    """The one child of process PID (unshare's: the keeper, PID 1 of the lab)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+class Keeper:
+    """The keeper of a rootless lab, as its journal records it: its pid (as this side of
+    its PID namespace sees it) and start time, so a later pid of the same number is not it."""
+
+    def __init__(self, pid: int, started: str):
+        self.pid, self.started = pid, started
+
+    @classmethod
+    def from_header(cls, data: dict) -> "Keeper":
+        return cls(int(data["pid"]), str(data["start"]))
+
+    def to_dict(self) -> dict:
+        return {"pid": self.pid, "start": self.started}
+
+    @property
+    def alive(self) -> bool:
+        return _start_time(self.pid) == self.started
+
+    def end(self) -> None:
+        """Kill it, and so every process of the lab and its namespaces; wait until it is gone."""
+        if not self.alive:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while self.alive and time.monotonic() < deadline:  # a bound, not a race: SIGKILL always lands
+            time.sleep(0.01)
+
+
+def start_keeper(commit) -> Keeper:
+    """Start a keeper, let COMMIT(keeper) record it, then tell the keeper to stay. Should this
+    process die before COMMIT returns, the keeper reads no `keep` and ends by itself."""
+    from netlab.run.keeper import KEEP, READY
+
+    argv = ("unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--kill-child",
+            "--propagation", "private", sys.executable, "-m", "netlab.run.keeper")
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True, cwd="/")
+    except FileNotFoundError:
+        raise NetlabError("unshare is not installed (the Debian package util-linux); a rootless lab needs it") from None
+    timer = _Deadline(process, KEEPER_START_TIMEOUT)
+    said = process.stdout.readline().strip()
+    timer.cancel()
+    keeper_pid = _child_of(process.pid) if said == READY else None
+    started = _start_time(keeper_pid) if keeper_pid else None
+    if started is None:
+        process.kill()
+        rest = said + " " + process.stdout.read().strip()
+        process.wait()
+        refusal = userns_refusal()
+        raise NetlabError(refusal or f"cannot start the lab's user namespaces: {rest.strip() or 'no answer'}")
+    process.stdout.close()
+    keeper = Keeper(keeper_pid, started)
+    try:
+        commit(keeper)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    process.stdin.write(KEEP + "\n")
+    process.stdin.close()
+    return keeper
+
+
+class _Deadline:
+    """Kill PROCESS unless cancelled within SECONDS (a keeper that never says ready)."""
+
+    def __init__(self, process, seconds: float):
+        import threading
+
+        self._timer = threading.Timer(seconds, process.kill)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+# ------------------------------------------------------------ the executor
+class RootlessExecutor(Executor):
+    """Runs a rootless lab's commands inside its keeper's namespaces, where the user is root.
+
+    Until `attach` names a keeper (or `new_lab` starts one) it runs nothing in a lab; a
+    lab whose keeper is gone is `vanished`: nothing of it is left to run in."""
+
+    rootless = True
+
+    def __init__(self):
+        super().__init__()
+        self.keeper: Optional[Keeper] = None
+        self.vanished = False
+
+    def require_root(self, action: str) -> None:
+        """An ordinary user may work on a rootless lab, where user namespaces are allowed."""
+        refusal = userns_refusal()
+        if refusal:
+            raise InputError(refusal)
+
+    def admit(self, plan) -> None:
+        """A plan an ordinary user can bring up: a sandbox's, on no namespace of the host."""
+        if plan.sandbox is None:
+            raise InputError("netlab up on the real host needs root (sudo netlab up ...); as an ordinary user, "
+                             "add --sandbox: the lab then runs in user namespaces of its own, no root needed")
+        if plan.host_netns:
+            raise InputError("--host-netns names a namespace of the real host, which needs root; a rootless "
+                             "sandbox makes its own host namespace (drop --host-netns, or run as root)",
+                             None, "--host-netns")
+
+    def lab_header(self) -> dict:
+        return {"rootless": True}
+
+    def new_lab(self, record_keeper) -> None:
+        """Start the keeper of a lab being brought up; RECORD_KEEPER(data) writes it in the journal."""
+        self.keeper = start_keeper(lambda keeper: record_keeper(keeper.to_dict()))
+
+    def attach(self, record) -> None:
+        """Work in the lab RECORD is the journal of: enter its keeper, or find it gone."""
+        data = record.keeper
+        if data is None:
+            self.vanished = True  # up was killed before it had started a keeper: nothing was made
+            return
+        keeper = Keeper.from_header(data)
+        self.keeper, self.vanished = (keeper, False) if keeper.alive else (None, True)
+
+    def lab_gone(self) -> None:
+        """The lab's journal is removed: end its keeper, and with it the lab's namespaces."""
+        if self.keeper is not None:
+            self.keeper.end()
+            self.keeper = None
+
+    def command_line(self, argv: Sequence[str], netns: Optional[str], input: Optional[str]):
+        if self.keeper is None:
+            raise NetlabError("internal: a rootless lab's command before its keeper was named")
+        return (*NSENTER, f"--target={self.keeper.pid}", "--", *in_netns(netns, _own_program(argv))), input
