@@ -10,7 +10,11 @@ in a sandbox, so nothing outside namespaces named PREFIX-* changes:
   runner, netlab's default);
 - `bash lab.sh up` and `bash lab.sh down`, lab.sh being
   `netlab export FILE --sandbox nlbNs`: plain bash, one process per command
-  (the documents' way; the script also runs each step's probe first).
+  (the documents' way; the script also runs each step's probe first);
+- the same `netlab up` and `down` run by an ordinary user (`--rootless-user`,
+  default nobody, with a private state directory of its own): a rootless
+  sandbox (netlab.run.rootless), every command through nsenter into its
+  keeper's namespaces, against netlab's root sandbox in the same run.
 
 Each command is timed from the outside, as a whole (wall clock, interpreter
 start included), with stdout to /dev/null and stderr to a file that is
@@ -49,6 +53,7 @@ import datetime
 import json
 import os
 import platform
+import pwd
 import shlex
 import shutil
 import signal
@@ -81,6 +86,8 @@ class Bench:
         self.env["PYTHONPYCACHEPREFIX"] = str(self.tmp / "pycache")
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.netlab = [args.python, "-m", "netlab"]
+        self.user = None if args.rootless_user is None else pwd.getpwnam(args.rootless_user)
+        self.user_home = self.tmp / "rootless"  # the ordinary user's: its state and bytecode cache
         self.labs = {}  # N -> dict(file, script, netlab_prefix, script_prefix, steps)
         self.prefixes = []  # every sandbox prefix this run may have used
         self.samples = []  # dicts: run, n, tool, action, seconds, maxrss_kb
@@ -125,12 +132,25 @@ class Bench:
                          f"{result.stderr.rstrip()}")
         return result
 
+    def as_user(self, argv):
+        """ARGV as the rootless user, in a clean environment of its own."""
+        home = self.user_home
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(home),
+               "XDG_RUNTIME_DIR": str(home), "NETLAB_STATE_DIR": str(home / "state"),
+               "PYTHONPATH": str(ROOT), "PYTHONPYCACHEPREFIX": str(home / "pycache")}
+        return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups",
+                "env", "-i", *(f"{key}={value}" for key, value in env.items()), *argv]
+
     def namespaces(self, prefix):
         return [name for name in netns_list() if name.startswith(prefix + "-")]
 
     # ------------------------------------------------------------ preparation
     def prepare(self):
         self.state.mkdir(mode=0o700)
+        os.chmod(self.tmp, 0o711)  # the rootless user reads the lab files here, and nothing else
+        if self.user is not None:
+            self.user_home.mkdir(mode=0o700)
+            os.chown(self.user_home, self.user.pw_uid, self.user.pw_gid)
         where = self.quiet([self.args.python, "-c", "import netlab, sys; sys.stdout.write(netlab.__file__)"]).stdout
         if not where.startswith(str(ROOT)):
             raise Failed(f"{self.args.python} imports netlab from {where}, not from {ROOT}")
@@ -142,9 +162,11 @@ class Bench:
                 "script": self.tmp / f"{name}.sh",
                 "netlab_prefix": f"{self.args.prefix}{n}n",
                 "script_prefix": f"{self.args.prefix}{n}s",
+                "rootless_prefix": f"{self.args.prefix}{n}r",
             }
             self.prefixes += [lab["netlab_prefix"], lab["script_prefix"]]
             lab["file"].write_text(star_lab(n, name))
+            os.chmod(lab["file"], 0o644)
             self.quiet(self.netlab + ["export", str(lab["file"]), "--sandbox", lab["script_prefix"],
                                       "-o", str(lab["script"])])
             # the number of steps from the script's header, not from `plan --json`: parsing a large
@@ -178,6 +200,27 @@ class Bench:
         self.must_be_down(n, prefix, "bash lab.sh down", record=record)
         return up, down
 
+    def rootless_up_down(self, n, run):
+        """The same lab up and down as the ordinary user: its namespaces are its keeper's, in no
+        `ip netns list` here, so up and down are checked by its journal and its processes."""
+        lab = self.labs[n]
+        prefix = lab["rootless_prefix"]
+        record = self.user_home / "state" / f"{prefix}.journal"
+        up = self.run(self.as_user(self.netlab + ["up", str(lab["file"]), "--sandbox", prefix]), "rootless netlab up")
+        if not record.exists():
+            raise Failed(f"after rootless netlab up at N={n}: no journal {record}")
+        down = self.run(self.as_user(self.netlab + ["down", prefix]), "rootless netlab down")
+        left = self.user_processes()
+        if record.exists() or left:
+            raise Failed(f"after rootless netlab down at N={n}: journal {'left' if record.exists() else 'gone'}, "
+                         f"processes left: {left[:3]}")
+        return up, down
+
+    def user_processes(self):
+        result = subprocess.run(["ps", "-u", str(self.user.pw_uid), "-o", "stat=,args="], capture_output=True,
+                                text=True)
+        return [line for line in result.stdout.splitlines() if line.strip() and not line.split()[0].startswith("Z")]
+
     def must_be_up(self, n, prefix, after):
         found = len(self.namespaces(prefix))
         if found != n + 2:  # the lab's N, and the sandbox's host and wan
@@ -197,18 +240,21 @@ class Bench:
         say(f"warm-up (untimed): netlab and the script, up and down, N={smallest}")
         self.netlab_up_down(smallest, -1)
         self.script_up_down(smallest, -1)
+        tools = {"netlab": self.netlab_up_down, "script": self.script_up_down}
+        if self.user is not None:
+            self.rootless_up_down(smallest, -1)
+            tools["rootless"] = self.rootless_up_down
         self.run(self.netlab + ["--version"])
         for run in range(self.args.runs):
             for n in self.args.sizes:
-                order = ("netlab", "script") if run % 2 == 0 else ("script", "netlab")
+                order = list(tools) if run % 2 == 0 else list(reversed(tools))
                 for tool in order:
                     t0 = time.perf_counter()
-                    (up_s, up_kb), (down_s, down_kb) = (self.netlab_up_down if tool == "netlab"
-                                                        else self.script_up_down)(n, run)
+                    (up_s, up_kb), (down_s, down_kb) = tools[tool](n, run)
                     self.samples.append(dict(run=run, n=n, tool=tool, action="up", seconds=up_s, maxrss_kb=up_kb))
                     self.samples.append(dict(run=run, n=n, tool=tool, action="down", seconds=down_s,
                                              maxrss_kb=down_kb))
-                    say(f"run {run + 1}/{self.args.runs} N={n:<5} {tool:<6} up {up_s:8.3f} s  "
+                    say(f"run {run + 1}/{self.args.runs} N={n:<5} {tool:<8} up {up_s:8.3f} s  "
                         f"down {down_s:8.3f} s  ({time.perf_counter() - t0:.1f} s)")
             lab = self.labs[largest]
             seconds, kb = self.run(self.netlab + ["plan", str(lab["file"]), "--sandbox", lab["netlab_prefix"],
@@ -228,6 +274,11 @@ class Bench:
                 result = self.quiet(self.netlab + ["down", prefix], check=False)
                 if result.returncode:
                     warn(f"cleanup: netlab down {prefix} failed ({result.returncode}): {result.stderr.strip()}")
+            prefix = lab["rootless_prefix"]
+            if self.user is not None and (self.user_home / "state" / f"{prefix}.journal").exists():
+                result = self.quiet(self.as_user(self.netlab + ["down", prefix]), check=False)
+                if result.returncode:
+                    warn(f"cleanup: rootless netlab down {prefix} failed ({result.returncode}): {result.stderr.strip()}")
             prefix = lab["script_prefix"]
             if lab["script"].exists() and (self.namespaces(prefix) or (self.state / f"{prefix}.script").exists()):
                 result = self.quiet(["bash", str(lab["script"]), "down"], check=False)
@@ -287,6 +338,22 @@ class Bench:
                        f"{r['up_ratio']:.1f}x | {r['netlab_down']:.3f} | {r['script_down']:.2f} | "
                        f"{r['down_ratio']:.1f}x | {r['netlab_up_ms_per_ns']:.2f} / "
                        f"{r['netlab_down_ms_per_ns']:.2f} | {r['netlab_up_peak_rss_mb']:.1f} |")
+        rootless = self.user is not None
+        if rootless:
+            out.append("")
+            out.append(f"Rootless: the same `netlab up`/`down` as the ordinary user {self.user.pw_name} (no root; "
+                       f"the lab in its keeper's user namespaces), against netlab as root, in the same runs:")
+            out.append("")
+            out.append("| N | root up (s) | rootless up (s) | rootless/root up | root down (s) | rootless down (s) "
+                       "| rootless/root down |")
+            out.append("|---:|---:|---:|---:|---:|---:|---:|")
+            for n in sizes:
+                r = summary[n]
+                r["rootless_up"], r["rootless_down"] = med(n, "rootless", "up"), med(n, "rootless", "down")
+                r["rootless_up_ratio"] = r["rootless_up"] / r["netlab_up"]
+                r["rootless_down_ratio"] = r["rootless_down"] / r["netlab_down"]
+                out.append(f"| {n} | {r['netlab_up']:.3f} | {r['rootless_up']:.3f} | {r['rootless_up_ratio']:.2f}x | "
+                           f"{r['netlab_down']:.3f} | {r['rootless_down']:.3f} | {r['rootless_down_ratio']:.2f}x |")
         out.append("")
         out.append(f"`netlab plan star{largest}.yaml --sandbox {self.labs[largest]['netlab_prefix']} --json "
                    f"> /dev/null` (N={largest}, {self.labs[largest]['steps']} steps): median {plan_s:.3f} s, "
@@ -297,10 +364,10 @@ class Bench:
         out.append("")
         out.append("Each run, in seconds (run order):")
         for n in sizes:
-            for tool in ("netlab", "script"):
+            for tool in ("netlab", "script") + (("rootless",) if rootless else ()):
                 for action in ("up", "down"):
                     values = " ".join(f"{s['seconds']:.3f}" for s in pick(n, tool, action))
-                    out.append(f"  N={n:<5} {tool:<6} {action:<4} {values}")
+                    out.append(f"  N={n:<5} {tool:<8} {action:<4} {values}")
         for action, label in (("plan", f"N={largest:<5} netlab plan"), ("version", "netlab --version   ")):
             values = " ".join(f"{s['seconds']:.3f}" for s in self.extra if s["action"] == action)
             out.append(f"  {label} {values}")
@@ -332,6 +399,13 @@ class Bench:
                        f"without the CLI start ({version_s:.3f} s): {marginal[1]:.2f} vs {marginal[0]:.2f} ms")
             else:
                 target(name, None, "needs N=50 and a larger N")
+        name = "N=200: rootless up and down within 1.3x of root"
+        if rootless and 200 in summary:
+            r = summary[200]
+            target(name, r["rootless_up_ratio"] <= 1.3 and r["rootless_down_ratio"] <= 1.3,
+                   f"up {r['rootless_up_ratio']:.2f}x, down {r['rootless_down_ratio']:.2f}x")
+        else:
+            target(name, None, "N=200 not measured" if rootless else "--no-rootless")
         if 1000 in summary:
             mb = summary[1000]["netlab_up_peak_rss_mb"]
             target("N=1000: netlab up peak RSS < 60 MB", mb < 60, f"{mb:.1f} MB")
@@ -414,6 +488,10 @@ def parse_args(argv):
                         help=f"the interpreter that runs netlab, with PYTHONPATH={ROOT} so that the working "
                              f"tree's netlab is used (default: {DEFAULT_PYTHON} if it exists, else the one "
                              f"running this script)")
+    parser.add_argument("--rootless-user", default="nobody", metavar="USER",
+                        help="the ordinary user who runs the rootless row (default: nobody)")
+    parser.add_argument("--no-rootless", dest="rootless_user", action="store_const", const=None,
+                        help="no rootless row")
     parser.add_argument("--prefix", default="nlb",
                         help="start of the sandbox prefixes: PREFIX<N>n for netlab, PREFIX<N>s for the script "
                              "(default: nlb); no namespace named PREFIX* may exist before the run")
@@ -422,6 +500,11 @@ def parse_args(argv):
         args.python = str(DEFAULT_PYTHON) if os.access(DEFAULT_PYTHON, os.X_OK) else sys.executable
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.rootless_user is not None:
+        try:
+            pwd.getpwnam(args.rootless_user)
+        except KeyError:
+            parser.error(f"--rootless-user: there is no user {args.rootless_user!r}")
     if not args.prefix.replace("_", "").isalnum() or not args.prefix[0].isalpha():
         parser.error("--prefix: letters, digits and '_', starting with a letter")
     return args

@@ -123,6 +123,23 @@ def test_a_killed_keeper_takes_the_lab_with_it(kill, user, stage, sandbox_prefix
     assert down.returncode == 0 and "its journal is removed" in down.stderr, down.stderr
 
 
+def test_doctor_of_a_rootless_lab_gives_fixes_its_user_can_run(user, stage, sandbox_prefix):
+    try:
+        ok(as_user(user, stage, "up", "egress-ingress", "--sandbox", sandbox_prefix))
+        ok(as_user(user, stage, "exec", sandbox_prefix, "host", "--", "iptables", "-t", "nat", "-D", "POSTROUTING",
+                   "-s", "192.168.0.0/16", "!", "-o", "br0", "-j", "MASQUERADE"))
+        report = json.loads(as_user(user, stage, "doctor", sandbox_prefix, "--json").stdout)
+        fixes = [command for cause in report["causes"] for command in cause["fix"]]
+        assert fixes == [f"netlab exec {sandbox_prefix} host -- iptables -t nat -A POSTROUTING -s 192.168.0.0/16 "
+                         f"! -o br0 -j MASQUERADE"], report
+        for command in fixes:
+            ok(subprocess.run(user_argv(user, stage, "bash", "-c", command.replace("netlab", f"{SYSTEM_PYTHON} -m netlab",
+                                                                                    1)), capture_output=True, text=True))
+        assert ok(as_user(user, stage, "doctor", sandbox_prefix)).strip().endswith("no problem found; all checks pass")
+    finally:
+        as_user(user, stage, "down", sandbox_prefix)
+
+
 def test_another_user_cannot_see_enter_or_take_down_the_lab(users, stage, sandbox_prefix):
     owner, other = users
     try:

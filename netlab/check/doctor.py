@@ -19,9 +19,11 @@ new and is left out, so one fault gives one line.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -91,14 +93,28 @@ def diagnose(name: str, state_dir=None, executor: Optional[Executor] = None) -> 
                 if cause.fix and set(cause.fix) <= known or not cause.fix and drifted or cause.summary in said:
                     continue  # nothing new: an earlier cause covers it
                 causes.append(cause)
-    return Report(record.name, results, causes)
+    return Report(record.name, results, _yours(causes, live, record.name) if executor.rootless else causes)
 
 
 def causes_of(record, check: LabCheck, executor: Optional[Executor] = None) -> List[Cause]:
     """The causes doctor finds on the path of CHECK, a check that fails, in the live lab of
     the journal RECORD: what stops it there and then, whether or not the lab is fully up
     (a tour stage's check that fails before the step that fixes it, as the documents show)."""
-    return _path(Live(executor or local_executor(), namespaces(record)), record.steps(), check)
+    live = Live(executor or local_executor(), namespaces(record))
+    causes = _path(live, record.steps(), check)
+    return _yours(causes, live, record.name) if live.executor.rootless else causes
+
+
+def _yours(causes: List[Cause], live: "Live", name: str) -> List[Cause]:
+    """CAUSES with each fix that runs in a namespace of a rootless lab (`ip netns exec NS ...`,
+    which needs root here) as the `netlab exec NAME SIDE -- ...` its user can run."""
+    def yours(command: str) -> str:
+        words = shlex.split(command)
+        if words[:3] != ["ip", "netns", "exec"] or len(words) < 5:
+            return command
+        return shell_join(["netlab", "exec", name, live.side_name(words[3]), "--", *words[4:]])
+
+    return [dataclasses.replace(cause, fix=tuple(map(yours, cause.fix))) for cause in causes]
 
 
 # ------------------------------------------------------------ the live kernel
