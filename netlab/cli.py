@@ -653,7 +653,7 @@ def capture_command(
 
     executor = local_executor()
     record, _ = read_lab(name, action="capture", executor=executor)
-    if executor.rootless:
+    if not executor.can_capture:
         from netlab.check.capture import ROOTLESS_CAPTURE
 
         raise InputError(ROOTLESS_CAPTURE)

@@ -44,7 +44,14 @@ def stage():
 
 @pytest.fixture(scope="module")
 def users():
+    """Two ordinary users: the first with subordinate ids (useradd gives a new user a range), the
+    second without (taken away), as a user on a machine without uidmap's ranges has none."""
     made = [make_user(1), make_user(2)]
+    for kind in ("uid", "gid"):
+        line = next(line for line in Path(f"/etc/sub{kind}").read_text().splitlines()
+                    if line.startswith(f"{made[1].name}:"))
+        _, start, count = line.split(":")
+        sh("usermod", f"--del-sub{kind}s", f"{start}-{int(start) + int(count) - 1}", made[1].name, check=True)
     yield made
     for user in made:
         remove_user(user)
@@ -77,8 +84,6 @@ def test_every_lab_comes_up_checks_and_goes_down_without_root(lab, user, stage, 
     assert [(entry["name"], entry["state"]) for entry in listed] == [(sandbox_prefix, "up")]
     assert "not in effect" not in ok(as_user(user, stage, "status", sandbox_prefix))
     assert "127.0.0.1" in ok(as_user(user, stage, "exec", sandbox_prefix, "host", "--", "ip", "-br", "addr"))
-    capture = as_user(user, stage, "capture", sandbox_prefix, "host:lo")
-    assert capture.returncode == 2 and "capturing in a rootless lab is not possible" in capture.stderr
     assert f"{sandbox_prefix} is down" in ok(as_user(user, stage, "down", sandbox_prefix))
     assert_nothing_left(user, sandbox_prefix)
 
@@ -121,6 +126,41 @@ def test_a_killed_keeper_takes_the_lab_with_it(kill, user, stage, sandbox_prefix
     assert refused.returncode == 1 and "the keeper of its namespaces has ended" in refused.stderr
     down = as_user(user, stage, "down", sandbox_prefix)
     assert down.returncode == 0 and "its journal is removed" in down.stderr, down.stderr
+
+
+def test_capture_in_a_rootless_lab_with_subordinate_ids(users, stage, sandbox_prefix):
+    """tcpdump drops to its own user: the first user's lab maps it (subordinate ids) and captures;
+    the second user's cannot, and is told what to install and set."""
+    owner, other = users
+    try:
+        ok(as_user(owner, stage, "up", "egress-ingress", "--sandbox", sandbox_prefix))
+        capture = subprocess.Popen(user_argv(owner, stage, SYSTEM_PYTHON, "-m", "netlab", "capture", sandbox_prefix,
+                                             "ns0:ceth0", "-c", "1", "icmp"), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = [capture.stderr.readline()]  # netlab's line, then tcpdump's: the last once it listens
+        while said[-1] and not said[-1].startswith("listening on") and len(said) < 5:
+            said.append(capture.stderr.readline())
+        assert said[0].startswith("netlab: capturing on ceth0") and said[-1].startswith("listening on ceth0"), said
+        ok(as_user(owner, stage, "exec", sandbox_prefix, "ns0", "--", "ping", "-c", "1", "-W", "2", "192.168.0.1"))
+        out, _ = capture.communicate(timeout=60)
+        assert capture.returncode == 0 and re.search(r"192\.168\.0\.2 > 192\.168\.0\.1: ICMP echo request", out), out
+    finally:
+        as_user(owner, stage, "down", sandbox_prefix)
+    toured = json.loads(ok(as_user(owner, stage, "tour", "egress-ingress", "--sandbox", f"{sandbox_prefix}t",
+                                   "--no-pause", "--json")))
+    captured = [run["capture"] for run in toured["stages"] if run["capture"]]
+    assert captured and all(capture["packets"] for capture in captured), captured
+    other_prefix = f"{sandbox_prefix}o"
+    try:
+        ok(as_user(other, stage, "up", "ns-root-bridge", "--sandbox", other_prefix, "--verify"))
+        refused = as_user(other, stage, "capture", other_prefix, "br0")
+        assert refused.returncode == 2, refused.stderr
+        line, = refused.stderr.strip().splitlines()
+        assert "this rootless lab cannot capture" in line and "usermod --add-subuids" in line, line
+    finally:
+        as_user(other, stage, "down", other_prefix)
+    for user in users:
+        assert_nothing_left(user)
 
 
 def test_doctor_of_a_rootless_lab_gives_fixes_its_user_can_run(user, stage, sandbox_prefix):

@@ -35,9 +35,10 @@ def tcpdump_argv(iface: str, words: Sequence[str] = (), count: Optional[int] = N
     return argv + list(words)
 
 
-ROOTLESS_CAPTURE = ("capturing in a rootless lab is not possible: Debian's tcpdump drops to its own `tcpdump` "
-                    "user, which the lab's user namespace (one user: you, as root) does not have; run the lab "
-                    "with sudo to capture")
+ROOTLESS_CAPTURE = ("this rootless lab cannot capture: tcpdump drops to its own `tcpdump` user, which the lab's "
+                    "user namespace maps only with your subordinate ids; install uidmap (newuidmap) and give "
+                    "your user ranges in /etc/subuid and /etc/subgid (sudo usermod --add-subuids "
+                    "100000-165535 --add-subgids 100000-165535 $USER), then bring the lab up again")
 
 
 def require_tcpdump() -> None:

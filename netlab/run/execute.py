@@ -69,6 +69,7 @@ class Executor:
     workers = 8  # commands that may run side by side (a round's batches, probes)
     remote = None  # the Remote it runs on; None: this host
     rootless = False  # a rootless lab's (netlab.run.rootless): its commands enter the lab's user namespace
+    can_capture = True  # tcpdump can run here as it does (a rootless lab's needs subordinate ids)
     vanished = False  # the lab it was attached to is gone with its namespaces (a rootless lab's keeper ended)
 
     def __init__(self, machine=None):

@@ -55,6 +55,39 @@ def userns_refusal(proc_sys: str = "/proc/sys") -> Optional[str]:
     return None
 
 
+# ------------------------------------------------------------ subordinate ids
+def subordinate_range(path: str, user: str, uid: int) -> Optional[tuple]:
+    """(start, count) of USER's (or UID's) first range in PATH (/etc/subuid, /etc/subgid)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in (user, str(uid)) and fields[1].isdigit() and fields[2].isdigit():
+            return int(fields[1]), int(fields[2])
+    return None
+
+
+def subordinate_maps() -> tuple:
+    """unshare's options that map the user's subordinate ids (podman's way: you are root, and
+    ids 1 to COUNT are yours too), so that a program that drops to a user of its own (tcpdump)
+    can; () without newuidmap and newgidmap (the Debian package uidmap) or without ranges."""
+    import pwd
+    import shutil
+
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ()
+    users = subordinate_range("/etc/subuid", user, uid)
+    groups = subordinate_range("/etc/subgid", user, uid)
+    if not (users and groups and shutil.which("newuidmap") and shutil.which("newgidmap")):
+        return ()
+    return (f"--map-users={users[0]},1,{users[1]}", f"--map-groups={groups[0]},1,{groups[1]}")
+
+
 # ------------------------------------------------------------ the keeper
 def _start_time(pid: int) -> Optional[str]:
     """The start time of process PID while it runs (not once it has ended, a zombie)."""
@@ -80,15 +113,16 @@ class Keeper:
     """The keeper of a rootless lab, as its journal records it: its pid (as this side of
     its PID namespace sees it) and start time, so a later pid of the same number is not it."""
 
-    def __init__(self, pid: int, started: str):
+    def __init__(self, pid: int, started: str, subordinates: bool = False):
         self.pid, self.started = pid, started
+        self.subordinates = subordinates  # its user namespace maps the user's subordinate ids too
 
     @classmethod
     def from_header(cls, data: dict) -> "Keeper":
-        return cls(int(data["pid"]), str(data["start"]))
+        return cls(int(data["pid"]), str(data["start"]), bool(data.get("subordinates")))
 
     def to_dict(self) -> dict:
-        return {"pid": self.pid, "start": self.started}
+        return {"pid": self.pid, "start": self.started, "subordinates": self.subordinates}
 
     @property
     def alive(self) -> bool:
@@ -112,7 +146,8 @@ def start_keeper(commit) -> Keeper:
     process die before COMMIT returns, the keeper reads no `keep` and ends by itself."""
     from netlab.run.keeper import KEEP, READY
 
-    argv = ("unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--kill-child",
+    maps = subordinate_maps()
+    argv = ("unshare", "--user", "--map-root-user", *maps, "--mount", "--net", "--pid", "--fork", "--kill-child",
             "--propagation", "private", sys.executable, "-m", "netlab.run.keeper")
     try:
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -131,7 +166,7 @@ def start_keeper(commit) -> Keeper:
         refusal = userns_refusal()
         raise NetlabError(refusal or f"cannot start the lab's user namespaces: {rest.strip() or 'no answer'}")
     process.stdout.close()
-    keeper = Keeper(keeper_pid, started)
+    keeper = Keeper(keeper_pid, started, bool(maps))
     try:
         commit(keeper)
     except BaseException:
@@ -202,6 +237,11 @@ class RootlessExecutor(Executor):
             return
         keeper = Keeper.from_header(data)
         self.keeper, self.vanished = (keeper, False) if keeper.alive else (None, True)
+
+    @property
+    def can_capture(self) -> bool:
+        """tcpdump drops to its own user, which only a keeper that maps subordinate ids has."""
+        return self.keeper is not None and self.keeper.subordinates
 
     def lab_gone(self) -> None:
         """The lab's journal is removed: end its keeper, and with it the lab's namespaces."""

@@ -201,7 +201,7 @@ def _observe(run: StageRun, name: str, state_dir, executor: Executor) -> None:
     """Run the stage's checks (inside its capture), then find the cause of each that fails."""
     planned, capture = run.planned, run.planned.stage.capture
     checks = [check for check, _ in planned.checks]
-    if capture is None or executor.rootless:  # tcpdump cannot drop to its own user in a rootless lab
+    if capture is None or not executor.can_capture:  # a rootless lab without subordinate ids
         results = run_checks(checks, executor)
     else:
         with Capture(planned.capture_netns, capture.iface, capture.filter, capture.count, executor) as packets:
