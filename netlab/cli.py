@@ -256,10 +256,11 @@ def up_command(
     from netlab.run.runner import down, up
 
     plan = _make_plan(target, sandbox, assignments, host_netns)
-    if (not yes and not check and plan.sandbox is None and plan.host_netns is None and sys.stdin.isatty()
-            and sys.stdout.isatty()):
-        _confirm_real_host(plan, remote, to)
     with _host(remote, ssh_opts) as executor:
+        executor.admit(plan)  # an ordinary user's real-host lab is refused before any question
+        if (not yes and not check and plan.sandbox is None and plan.host_netns is None and sys.stdin.isatty()
+                and sys.stdout.isatty()):
+            _confirm_real_host(plan, remote, to)
         with TerminalReporter() as reporter:
             outcome = up(plan, reporter=reporter, executor=executor, step_by_step=step_by_step, to=to,
                          check=check)

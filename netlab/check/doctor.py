@@ -93,7 +93,7 @@ def diagnose(name: str, state_dir=None, executor: Optional[Executor] = None) -> 
                 if cause.fix and set(cause.fix) <= known or not cause.fix and drifted or cause.summary in said:
                     continue  # nothing new: an earlier cause covers it
                 causes.append(cause)
-    return Report(record.name, results, _yours(causes, live, record.name) if executor.rootless else causes)
+    return Report(record.name, results, _yours(causes, live, record) if executor.rootless else causes)
 
 
 def causes_of(record, check: LabCheck, executor: Optional[Executor] = None) -> List[Cause]:
@@ -102,19 +102,23 @@ def causes_of(record, check: LabCheck, executor: Optional[Executor] = None) -> L
     (a tour stage's check that fails before the step that fixes it, as the documents show)."""
     live = Live(executor or local_executor(), namespaces(record))
     causes = _path(live, record.steps(), check)
-    return _yours(causes, live, record.name) if live.executor.rootless else causes
+    return _yours(causes, live, record) if live.executor.rootless else causes
 
 
-def _yours(causes: List[Cause], live: "Live", name: str) -> List[Cause]:
-    """CAUSES with each fix that runs in a namespace of a rootless lab (`ip netns exec NS ...`,
-    which needs root here) as the `netlab exec NAME SIDE -- ...` its user can run."""
-    def yours(command: str) -> str:
+def _yours(causes: List[Cause], live: "Live", record) -> List[Cause]:
+    """CAUSES with the fixes a rootless lab's user can run: one in a namespace of the lab (`ip
+    netns exec NS ...`, which needs root here) as `netlab exec NAME SIDE -- ...`; one outside them
+    (the keeper's own namespace: a lab namespace missing) as the lab taken down and up again."""
+    def yours(command: str) -> Tuple[str, ...]:
         words = shlex.split(command)
+        if words[:1] == ["netlab"]:
+            return (command,)
         if words[:3] != ["ip", "netns", "exec"] or len(words) < 5:
-            return command
-        return shell_join(["netlab", "exec", name, live.side_name(words[3]), "--", *words[4:]])
+            return (f"netlab down {record.name}", _up_again(record))
+        return (shell_join(["netlab", "exec", record.name, live.side_name(words[3]), "--", *words[4:]]),)
 
-    return [dataclasses.replace(cause, fix=tuple(map(yours, cause.fix))) for cause in causes]
+    return [dataclasses.replace(cause, fix=tuple(dict.fromkeys(word for fix in cause.fix for word in yours(fix))))
+            for cause in causes]
 
 
 # ------------------------------------------------------------ the live kernel

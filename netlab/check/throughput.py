@@ -12,7 +12,9 @@ time, so that two never share a link's rate or a server's port.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import threading
 from typing import Optional, Tuple
@@ -49,8 +51,16 @@ def measure(executor: Executor, source: Optional[str], server_netns: Optional[st
                                      "--forceflush"), server_netns, None)
     server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
-    deadline = threading.Timer(seconds + GRACE, server.kill)
+
+    def kill() -> None:  # the whole group: a rootless lab's nsenter forks iperf3 under it
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    deadline = threading.Timer(seconds + GRACE, kill)
     deadline.start()
+    measured = False
     try:
         said = []
         for line in server.stdout:  # until it listens, or ends (a bad address, a namespace gone)
@@ -62,15 +72,18 @@ def measure(executor: Executor, source: Optional[str], server_netns: Optional[st
             return None, f"the iperf3 server did not start: {lines[-1] if lines else 'no output'}"
         client = executor.run(("iperf3", "--client", address, "--port", str(port), "--time", str(seconds),
                                "--connect-timeout", "3000", "--json"), source)
-        return _received(client)
+        rate, detail = _received(client)
+        measured = rate is not None
+        return rate, detail
     finally:
         deadline.cancel()
-        if server.poll() is None:
-            try:
-                server.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        if not measured:  # no test ran: the one-off server would wait for one forever
+            kill()
+        try:
+            server.wait(timeout=5)  # it ends with its one test
+        except subprocess.TimeoutExpired:
+            kill()
+            server.wait()
         server.stdout.close()
 
 

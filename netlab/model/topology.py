@@ -774,6 +774,10 @@ def _check_references(fail, topology: Topology) -> None:
             kind = world.link(fail, where, item.netns, item.name, "link")
             if item.move_to is not None:
                 target = world.side(fail, f"{where}.move_to", item.move_to)
+                if ("shaped", item.netns, item.name) in world.seen:  # its probe and undo would look where it was
+                    raise fail(f"{where}.move_to", f"{_shown(item.name)} has its MTU or impairments set at "
+                                                   f"{world.seen['shaped', item.netns, item.name]}: move it first, "
+                                                   f"then set them where it goes")
                 if item.move_to == item.netns or kind in ("loopback", "bridge"):
                     raise fail(f"{where}.move_to", f"cannot move {kind} {_shown(item.name)} to {_shown(item.move_to)}")
                 if item.name in target:
@@ -781,6 +785,7 @@ def _check_references(fail, topology: Topology) -> None:
                 target[item.name] = links.pop(item.name)
             elif item.mtu is not None:
                 world.once(fail, where, f"{where}.mtu", ("mtu", item.netns, item.name), item.mtu)
+                world.seen.setdefault(("shaped", item.netns, item.name), where)
             elif item.master is not None:
                 if world.link(fail, where, item.netns, item.master, "master") != "bridge":
                     raise fail(f"{where}.master", f"{_shown(item.master)} is not a bridge")
@@ -804,6 +809,7 @@ def _check_references(fail, topology: Topology) -> None:
         elif isinstance(item, Impair):
             world.link(fail, where, item.netns, item.dev, "impair")
             world.once(fail, where, f"{where}.impair", ("impair", item.netns, item.dev), item.dev)
+            world.seen.setdefault(("shaped", item.netns, item.dev), where)
         elif isinstance(item, Service):
             if item.address != ANY_ADDRESS and not any(item.address == a.ip for a in world.addresses[item.netns]):
                 side = f"namespace {_shown(item.netns)}" if item.netns else "the host"

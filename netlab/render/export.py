@@ -89,8 +89,9 @@ def _check(number: int, check: LabCheck) -> dict:
                    "--connect-timeout", "3000", "--json")
         if not check.runnable:
             return {"label": check.label, "command": None}
+        limit = ("timeout", str(check.seconds + 15))  # the one-off server, should its client never come
         return {"label": check.label, "command": f"throughput serve_{number} measure_{number} {check.min_rate}",
-                "serve": shell_join(in_netns(check.server_netns, serve)),
+                "serve": "exec " + shell_join(limit + in_netns(check.server_netns, serve)),
                 "measure": shell_join(in_netns(check.netns, measure))}
     thresholds = check.max_rtt_ms is not None or check.max_loss_percent is not None
     if check.kind == "ping" and ((check.count or 1) > 1 or thresholds):
@@ -120,8 +121,6 @@ def tools_used(plan: Plan) -> List[str]:
     if "netlab" in used:
         used.discard("netlab")
         used.add("python3")
-    if any(check.kind == "throughput" and check.runnable for check in plan.checks):
-        used.add("iperf3")
     return sorted(used)
 
 

@@ -113,9 +113,10 @@ class Keeper:
     """The keeper of a rootless lab, as its journal records it: its pid (as this side of
     its PID namespace sees it) and start time, so a later pid of the same number is not it."""
 
-    def __init__(self, pid: int, started: str, subordinates: bool = False):
+    def __init__(self, pid: int, started: str, subordinates: bool = False, process=None):
         self.pid, self.started = pid, started
         self.subordinates = subordinates  # its user namespace maps the user's subordinate ids too
+        self.process = process  # the unshare above it, when this process started it: collected in end()
 
     @classmethod
     def from_header(cls, data: dict) -> "Keeper":
@@ -131,22 +132,57 @@ class Keeper:
     def end(self) -> None:
         """Kill it, and so every process of the lab and its namespaces; wait until it is gone."""
         if not self.alive:
+            if self.process is not None:
+                self.process.wait()
             return
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
-            return
+            pass
         deadline = time.monotonic() + 10
         while self.alive and time.monotonic() < deadline:  # a bound, not a race: SIGKILL always lands
             time.sleep(0.01)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=10)  # unshare ends with its child (--kill-child)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def start_keeper(commit) -> Keeper:
     """Start a keeper, let COMMIT(keeper) record it, then tell the keeper to stay. Should this
-    process die before COMMIT returns, the keeper reads no `keep` and ends by itself."""
-    from netlab.run.keeper import KEEP, READY
+    process die before COMMIT returns, the keeper reads no `keep` and ends by itself. A keeper
+    that cannot map the user's subordinate ids (an unshare without --map-users, a newuidmap
+    that refuses) is started again without them: it then cannot capture, and nothing else differs."""
+    from netlab.run.keeper import KEEP
 
     maps = subordinate_maps()
+    try:
+        process, keeper_pid, started = _spawn(maps)
+    except NetlabError:
+        if not maps:
+            raise
+        maps = ()
+        process, keeper_pid, started = _spawn(maps)
+    keeper = Keeper(keeper_pid, started, bool(maps), process)
+    try:
+        commit(keeper)
+        process.stdin.write(KEEP + "\n")
+        process.stdin.close()
+    except BrokenPipeError:
+        _kill(process)
+        raise NetlabError("the lab's keeper ended as it started (see `dmesg`); nothing of the lab was made") from None
+    except BaseException:
+        _kill(process)
+        raise
+    return keeper
+
+
+def _spawn(maps: tuple):
+    """unshare and the keeper under it, started and ready: (the unshare process, the keeper's pid,
+    its start time); NetlabError, with everything ended again, when it does not come up."""
+    from netlab.run.keeper import READY
+
     argv = ("unshare", "--user", "--map-root-user", *maps, "--mount", "--net", "--pid", "--fork", "--kill-child",
             "--propagation", "private", sys.executable, "-m", "netlab.run.keeper")
     try:
@@ -154,37 +190,45 @@ def start_keeper(commit) -> Keeper:
                                    text=True, start_new_session=True, cwd="/")
     except FileNotFoundError:
         raise NetlabError("unshare is not installed (the Debian package util-linux); a rootless lab needs it") from None
-    timer = _Deadline(process, KEEPER_START_TIMEOUT)
-    said = process.stdout.readline().strip()
-    timer.cancel()
-    keeper_pid = _child_of(process.pid) if said == READY else None
-    started = _start_time(keeper_pid) if keeper_pid else None
-    if started is None:
-        process.kill()
-        rest = said + " " + process.stdout.read().strip()
-        process.wait()
-        refusal = userns_refusal()
-        raise NetlabError(refusal or f"cannot start the lab's user namespaces: {rest.strip() or 'no answer'}")
-    process.stdout.close()
-    keeper = Keeper(keeper_pid, started, bool(maps))
     try:
-        commit(keeper)
+        timer = _Deadline(process, KEEPER_START_TIMEOUT)
+        said = process.stdout.readline().strip()
+        timer.cancel()
+        keeper_pid = _child_of(process.pid) if said == READY else None
+        started = _start_time(keeper_pid) if keeper_pid else None
+        if started is None:
+            rest = " ".join(part for part in (said, process.stdout.read().strip()) if part)
+            _kill(process)
+            raise NetlabError(userns_refusal() or f"cannot start the lab's user namespaces: {rest or 'no answer'}")
+        process.stdout.close()
+        return process, keeper_pid, started
     except BaseException:
-        process.kill()
-        process.wait()
+        _kill(process)
         raise
-    process.stdin.write(KEEP + "\n")
-    process.stdin.close()
-    return keeper
+
+
+def _kill(process) -> None:
+    """End unshare and its keeper (--kill-child), and collect unshare."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    process.wait()
+    for pipe in (process.stdin, process.stdout):
+        try:
+            if pipe:
+                pipe.close()
+        except OSError:
+            pass
 
 
 class _Deadline:
-    """Kill PROCESS unless cancelled within SECONDS (a keeper that never says ready)."""
+    """Kill PROCESS (and its group) unless cancelled within SECONDS (a keeper that never says ready)."""
 
     def __init__(self, process, seconds: float):
         import threading
 
-        self._timer = threading.Timer(seconds, process.kill)
+        self._timer = threading.Timer(seconds, lambda: _killpg(process.pid))
         self._timer.daemon = True
         self._timer.start()
 
@@ -192,7 +236,24 @@ class _Deadline:
         self._timer.cancel()
 
 
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 # ------------------------------------------------------------ the executor
+def _working_directory() -> str:
+    """Where a command of the lab starts: where netlab was started (so `netlab exec LAB NS --
+    ./tool` finds ./tool), unless that is under /run or /proc, which are the lab's own in there."""
+    try:
+        here = os.getcwd()
+    except OSError:
+        return "/"
+    return "/" if here.split("/")[1:2] in (["run"], ["proc"]) else here
+
+
 class RootlessExecutor(Executor):
     """Runs a rootless lab's commands inside its keeper's namespaces, where the user is root.
 
@@ -227,15 +288,18 @@ class RootlessExecutor(Executor):
 
     def new_lab(self, record_keeper) -> None:
         """Start the keeper of a lab being brought up; RECORD_KEEPER(data) writes it in the journal."""
+        self.keeper, self.vanished = None, False
         self.keeper = start_keeper(lambda keeper: record_keeper(keeper.to_dict()))
 
     def attach(self, record) -> None:
         """Work in the lab RECORD is the journal of: enter its keeper, or find it gone."""
         data = record.keeper
-        if data is None:
-            self.vanished = True  # up was killed before it had started a keeper: nothing was made
+        if data is None:  # up was killed before it had started a keeper: nothing was made
+            self.keeper, self.vanished = None, True
             return
         keeper = Keeper.from_header(data)
+        if self.keeper is not None and (self.keeper.pid, self.keeper.started) == (keeper.pid, keeper.started):
+            keeper = self.keeper  # the one this process started (it collects its unshare)
         self.keeper, self.vanished = (keeper, False) if keeper.alive else (None, True)
 
     @property
@@ -252,4 +316,5 @@ class RootlessExecutor(Executor):
     def command_line(self, argv: Sequence[str], netns: Optional[str], input: Optional[str]):
         if self.keeper is None:
             raise NetlabError("internal: a rootless lab's command before its keeper was named")
-        return (*NSENTER, f"--target={self.keeper.pid}", "--", *in_netns(netns, _own_program(argv))), input
+        return (*NSENTER, f"--target={self.keeper.pid}", f"--wd={_working_directory()}", "--",
+                *in_netns(netns, _own_program(argv))), input

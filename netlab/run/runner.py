@@ -543,7 +543,7 @@ def _rollback(record: journals.Journal, plan: Plan, executor: Executor, reporter
         pass  # the journal cannot be written (a full disk): undo all the same
     undo = _undo_all if step_by_step else _teardown
     _, _, failures = undo(record, executor, reporter)
-    if failures:
+    if failures and not executor.rootless:  # a rootless lab's keeper takes what is left with it
         record.close()
         return False
     executor.lab_gone()
@@ -697,7 +697,10 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
                 error.args = (f"{error}; the journal{store.where} is kept: run "
                               f"`{_down_command(real_name, executor)}` again once it answers",)
                 raise
-        if failures:
+        if failures and executor.rootless:
+            reporter.warn(f"{real_name}: {failures} step(s) could not be undone (above); ending the lab's keeper "
+                          f"takes them with it, and everything else of the lab")
+        elif failures:
             record.close()
             raise NetlabError(f"{real_name}: {failures} step(s) could not be undone (above); the journal is kept: "
                               f"fix what is named and run `{_down_command(real_name, executor)}` again")

@@ -124,7 +124,12 @@ def walk(plan: Plan, state_dir=None, executor: Optional[Executor] = None, report
     if plan.sandbox is None:
         raise InputError("a tour builds the lab and takes it down again in a sandbox: add --sandbox", None, "--sandbox")
     executor.require_root("tour")
-    if executor.state_store(state_dir).read(plan.name) is not None:
+    found = executor.state_store(state_dir).read(plan.name)
+    if found is not None:
+        executor.attach(found)
+    if found is not None and executor.vanished:  # a rootless lab gone with its keeper: nothing is left of it
+        found.remove()
+    elif found is not None:
         raise NetlabError(f"{plan.name} is up already; a tour builds it from its first step: take it down first "
                           f"(netlab down {plan.name}), or tour in another sandbox (--sandbox PREFIX)")
     tour = Tour(plan)
