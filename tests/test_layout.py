@@ -2,7 +2,7 @@
 
 The order, lowest first (DESIGN.md, README "Development"):
 
-    programs < model < render < run < remote < check < tour < the top (cli, lab)
+    programs < model < render < run < remote < check < tour < the top (cli, lab, pytest_plugin)
 
 netlab.errors and the package root (`__version__`) are the foundation every
 stage may import. netlab.programs imports nothing of netlab at all: its
@@ -19,7 +19,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "netlab"
 STAGES = ("programs", "model", "render", "run", "remote", "check", "tour")
-TOP_MODULES = {"__init__", "__main__", "cli", "lab", "errors"}
+TOP_MODULES = {"__init__", "__main__", "cli", "lab", "pytest_plugin", "errors"}
 FOUNDATION = {"netlab", "netlab.errors"}
 TOP = len(STAGES)
 
