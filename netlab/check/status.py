@@ -111,16 +111,22 @@ def lab_steps(name: str, state_dir=None, executor: Optional[Executor] = None) ->
 
 def step_states(record: journals.Journal, executor: Optional[Executor] = None) -> List[StepState]:
     """The live state of each step of the lab RECORD describes, in plan order."""
+    from netlab.run.probes import in_effect_many
+
     executor = executor or local_executor()
     done, found, started = record.done, record.found, set(record.started)
+    steps = record.steps()
+    asked = [step for step in steps if not step.read_only and step.index not in found and step.probe is not None
+             and (step.index in done or step.index in started)]
+    live_states = dict(zip((step.index for step in asked), in_effect_many(executor, [step.probe for step in asked])))
     states = []
-    for step in record.steps():
+    for step in steps:
         if step.read_only:
             state = READ_ONLY
         elif step.index in found:
             state = PRE_EXISTING
         elif step.index in done or step.index in started:
-            live = executor.in_effect(step)
+            live = live_states.get(step.index)
             if step.index not in done:  # started, then the up was cut off: the kernel decides
                 state = IN_EFFECT if live else NOT_APPLIED
             else:

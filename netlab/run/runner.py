@@ -279,8 +279,10 @@ def _mend(plan: Plan, record: journals.Journal, store, executor: Executor, repor
     is as it was. With CHECK, say what is missing and change nothing."""
     total = len(plan.steps)
     done = record.done
+    from netlab.run.probes import in_effect_many
+
     mine = [step for step in plan.steps if step.index in done and step.probe is not None]
-    missing = [step for step, live in zip(mine, _parallel(executor.in_effect, mine, executor.workers))
+    missing = [step for step, live in zip(mine, in_effect_many(executor, [step.probe for step in mine]))
                if live is False]
     if not missing:
         record.close()

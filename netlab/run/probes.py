@@ -1,0 +1,228 @@
+"""Probe by dump: whether many steps are in effect, from a few reads of each namespace.
+
+A step's probe (netlab.render.plan.Probe) is the definition of "in effect",
+and the exported script runs it as it is. Asked of a whole lab (`status`,
+`doctor`), one process per probe costs most of the time; here each
+namespace is read once instead: one `sh` in it runs `ip -j -d link show`,
+`ip -j addr show`, `ip -j route show`, `iptables-save`, `ss -ltnH`, `tc -j
+qdisc show` and the sysctls its probes read (each only when one of its
+probes needs it), and every probe is answered from that. A probe of a shape
+this module does not know, a dump that could not be read, and an iptables
+rule the dump does not show in the words it expects are asked the old way,
+one by one, so the answers are always the probes' own (tests/test_probes.py
+holds the two ways equal for every step of every built-in lab).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from netlab.render.plan import Probe, shell_join
+
+MARK = "@@netlab-dump@@"
+_SECTIONS = {  # name -> the command that reads it
+    "link": "ip -j -d link show",
+    "addr": "ip -j addr show",
+    "route": "ip -j route show",
+    "iptables": "iptables-save",
+    "listen": "ss -ltnH",
+    "qdisc": "tc -j qdisc show",
+    "netns": "ip netns list",
+}
+_LONG = {"--in-interface": "-i", "--out-interface": "-o", "--jump": "-j", "--source": "-s", "--destination": "-d",
+         "--protocol": "-p", "--match": "-m"}
+
+
+def in_effect_many(executor, probes: Sequence[Probe]) -> List[Optional[bool]]:
+    """What EXECUTOR.check(probe) would say of each of PROBES, read from one dump per namespace."""
+    from netlab.run.runner import _parallel
+
+    by_netns: Dict[Optional[str], List[int]] = {}
+    for i, probe in enumerate(probes):
+        by_netns.setdefault(probe.netns, []).append(i)
+    answers: List[Optional[bool]] = [None] * len(probes)
+
+    def one_namespace(netns: Optional[str]) -> None:
+        indexes = by_netns[netns]
+        wanted = [_needs(probes[i]) for i in indexes]
+        dump = _dump(executor, netns, {section for need in wanted if need for section in need[0]},
+                     sorted({key for need in wanted if need for key in need[1]}))
+        for i, need in zip(indexes, wanted):
+            answer = _answer(probes[i], dump) if need and dump is not None else None
+            answers[i] = executor.check(probes[i]) if answer is None else answer
+
+    _parallel(one_namespace, list(by_netns), executor.workers)
+    return answers
+
+
+# ------------------------------------------------------------ what a probe reads
+def _needs(probe: Probe) -> Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
+    """(the sections, the sysctl keys) PROBE's answer is read from; None: a shape not known here."""
+    argv = probe.argv
+    if argv[:4] == ("ip", "-o", "link", "show") and len(argv) >= 6 and argv[4] == "dev" and _link_filter(argv[6:]):
+        return ("link",), ()
+    if argv[:3] == ("ip", "link", "show") and len(argv) == 5 and argv[3] == "dev":  # a move's: the link is there
+        return ("link",), ()
+    if argv[:4] == ("ip", "-o", "addr", "show") and len(argv) == 8 and argv[4] == "dev" and argv[6] == "to":
+        return ("addr",), ()
+    if argv[:5] == ("ip", "-o", "route", "show", "exact") and _route_filter(argv[5:]) is not None:
+        return ("route",), ()
+    if argv[:3] == ("ip", "netns", "pids") and len(argv) == 4:
+        return ("netns",), ()
+    if argv[:2] == ("sysctl", "-n") and len(argv) == 3 and re.fullmatch(r"[A-Za-z0-9_.-]+", argv[2]):
+        return (), (argv[2],)
+    if argv[:1] == ("iptables",) and _rule(argv) is not None:
+        return ("iptables",), ()
+    if argv[:3] == ("ss", "-ltnH", "src") and len(argv) == 4 and not argv[3].startswith("0.0.0.0:"):
+        return ("listen",), ()
+    if argv[:4] == ("tc", "qdisc", "show", "dev") and len(argv) == 7 and argv[5] == "handle":
+        return ("qdisc",), ()
+    if argv[:1] == ("cat",) and len(argv) == 2 and re.fullmatch(r"/sys/class/net/[^/]+/mtu", argv[1]):
+        return ("link",), ()
+    return None
+
+
+def _link_filter(words) -> bool:
+    return words in ((), ("up",)) or (len(words) == 2 and words[0] in ("type", "master"))
+
+
+def _route_filter(words) -> Optional[dict]:
+    """`DEST [via GATEWAY] [dev LINK]` as a dict, or None."""
+    if not words:
+        return None
+    wanted, rest = {"dst": words[0]}, list(words[1:])
+    while rest:
+        if len(rest) < 2 or rest[0] not in ("via", "dev") or rest[0] in wanted:
+            return None
+        wanted[rest[0]] = rest[1]
+        rest = rest[2:]
+    return wanted
+
+
+def _rule(argv) -> Optional[Tuple[str, str]]:
+    """(table, `-A CHAIN SPEC` as iptables-save writes it) of an `iptables [-t T] -C CHAIN SPEC` probe."""
+    words = list(argv[1:])
+    table = "filter"
+    if words[:1] == ["-t"] and len(words) > 1:
+        table, words = words[1], words[2:]
+    if len(words) < 3 or words[0] not in ("-C", "--check"):
+        return None
+    spec = [_LONG.get(word, word) for word in words[2:]]
+    for i, word in enumerate(spec[:-1]):
+        if word in ("-s", "-d") and "/" not in spec[i + 1]:
+            spec[i + 1] += "/32"
+    return table, " ".join(["-A", words[1], *spec])
+
+
+# ------------------------------------------------------------ the dump
+def _dump(executor, netns: Optional[str], sections: set, keys: List[str]) -> Optional[dict]:
+    """The sections of NETNS (and the sysctls KEYS) in one process; None when it could not be read.
+    A section that failed is absent: its probes are asked one by one."""
+    parts = []
+    for name in sorted(sections):
+        parts.append(f"echo {MARK} {name}; {_SECTIONS[name]} 2>/dev/null && echo {MARK} ok")
+    for key in keys:
+        parts.append(f"echo {MARK} sysctl {key}; sysctl -n {shell_join([key])} 2>/dev/null && echo {MARK} ok")
+    result = executor.run(("sh", "-c", "; ".join(parts) or "true"), netns)
+    if result.code == 255 and netns is not None and MARK not in result.stdout:
+        return {"gone": True}  # the namespace is gone: so is everything in it
+    if MARK not in result.stdout and parts:
+        return None
+    dump: dict = {}
+    current, lines = None, []
+    for line in result.stdout.splitlines():
+        if line.startswith(MARK):
+            said = line[len(MARK):].split()
+            if said == ["ok"] and current is not None:
+                dump[current] = "\n".join(lines)
+            current, lines = (tuple(said) if said != ["ok"] else None), []
+        elif current is not None:
+            lines.append(line)
+    return dump
+
+
+def _json(dump: dict, section: str) -> Optional[list]:
+    text = dump.get((section,))
+    if text is None:
+        return None
+    try:
+        return json.loads(text or "[]")
+    except ValueError:
+        return None
+
+
+def _answer(probe: Probe, dump: dict) -> Optional[bool]:
+    """Whether PROBE is in effect by DUMP; None when the dump cannot tell (ask the probe)."""
+    if dump.get("gone"):
+        return False
+    argv = probe.argv
+    if argv[:3] == ("ip", "link", "show"):
+        links = _json(dump, "link")
+        return None if links is None else any(link.get("ifname") == argv[4] for link in links)
+    if argv[:2] == ("ip", "-o") and argv[2] == "link":
+        links = _json(dump, "link")
+        if links is None:
+            return None
+        link = next((link for link in links if link.get("ifname") == argv[5]), None)
+        if link is None:
+            return False
+        words = argv[6:]
+        if words == ("up",):
+            return "UP" in link.get("flags", ())
+        if words[:1] == ("type",):
+            return link.get("linkinfo", {}).get("info_kind") == words[1]
+        if words[:1] == ("master",):
+            return link.get("master") == words[1]
+        return True
+    if argv[:2] == ("ip", "-o") and argv[2] == "addr":
+        links = _json(dump, "addr")
+        if links is None:
+            return None
+        address = argv[7].split("/")[0]
+        return any(link.get("ifname") == argv[5] and any(info.get("local") == address for info in link.get("addr_info", ()))
+                   for link in links)
+    if argv[:2] == ("ip", "-o") and argv[2] == "route":
+        routes = _json(dump, "route")
+        if routes is None:
+            return None
+        wanted = _route_filter(argv[5:])
+        return any(route.get("dst") == wanted["dst"] and route.get("gateway") == wanted.get("via", route.get("gateway"))
+                   and route.get("dev") == wanted.get("dev", route.get("dev")) for route in routes)
+    if argv[:2] == ("ip", "netns"):
+        listed = dump.get(("netns",))
+        return None if listed is None else argv[3] in {line.split()[0] for line in listed.splitlines() if line.strip()}
+    if argv[0] == "sysctl":
+        value = dump.get(("sysctl", argv[2]))
+        return None if value is None else value.strip() == probe.value
+    if argv[0] == "iptables":
+        saved = dump.get(("iptables",))
+        if saved is None:
+            return None
+        table, line = _rule(argv)
+        rules, current = set(), None
+        for text in saved.splitlines():
+            if text.startswith("*"):
+                current = text[1:]
+            elif current == table and text.startswith("-A "):
+                rules.add(text)
+        return True if line in rules else None  # not in these words: maybe in others, so ask iptables -C
+    if argv[0] == "ss":
+        listed = dump.get(("listen",))
+        if listed is None:
+            return None
+        return any(len(fields) >= 4 and fields[3] == argv[3] for fields in map(str.split, listed.splitlines()))
+    if argv[0] == "tc":
+        qdiscs = _json(dump, "qdisc")
+        if qdiscs is None:
+            return None
+        return any(qdisc.get("dev") == argv[4] and qdisc.get("handle") == argv[6] for qdisc in qdiscs)
+    if argv[0] == "cat":
+        links = _json(dump, "link")
+        if links is None:
+            return None
+        name = argv[1].split("/")[4]
+        link = next((link for link in links if link.get("ifname") == name), None)
+        return link is not None and str(link.get("mtu")) == probe.value
+    return None
