@@ -144,13 +144,40 @@ def _dump(executor, netns: Optional[str], sections: set, keys: List[str]) -> Opt
 
 
 def _json(dump: dict, section: str) -> Optional[list]:
-    text = dump.get((section,))
-    if text is None:
-        return None
-    try:
-        return json.loads(text or "[]")
-    except ValueError:
-        return None
+    """SECTION of DUMP as JSON, parsed once for all the namespace's probes."""
+    key = ("json", section)
+    if key not in dump:
+        text = dump.get((section,))
+        try:
+            dump[key] = None if text is None else json.loads(text or "[]")
+        except ValueError:
+            dump[key] = None
+    return dump[key]
+
+
+def _by_name(dump: dict, section: str) -> Optional[dict]:
+    """The links of SECTION (link or addr) by name."""
+    key = ("names", section)
+    if key not in dump:
+        links = _json(dump, section)
+        dump[key] = None if links is None else {link.get("ifname"): link for link in links}
+    return dump[key]
+
+
+def _rules(dump: dict, table: str) -> Optional[set]:
+    """The `-A ...` lines of TABLE in the dump's iptables-save."""
+    if ("rules",) not in dump:
+        saved = dump.get(("iptables",))
+        tables: Dict[str, set] = {}
+        current = None
+        for text in (saved or "").splitlines():
+            if text.startswith("*"):
+                current = tables.setdefault(text[1:], set())
+            elif current is not None and text.startswith("-A "):
+                current.add(text)
+        dump[("rules",)] = None if saved is None else tables
+    tables = dump[("rules",)]
+    return None if tables is None else tables.get(table, set())
 
 
 def _answer(probe: Probe, dump: dict) -> Optional[bool]:
@@ -159,13 +186,13 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
         return False
     argv = probe.argv
     if argv[:3] == ("ip", "link", "show"):
-        links = _json(dump, "link")
-        return None if links is None else any(link.get("ifname") == argv[4] for link in links)
+        links = _by_name(dump, "link")
+        return None if links is None else argv[4] in links
     if argv[:2] == ("ip", "-o") and argv[2] == "link":
-        links = _json(dump, "link")
+        links = _by_name(dump, "link")
         if links is None:
             return None
-        link = next((link for link in links if link.get("ifname") == argv[5]), None)
+        link = links.get(argv[5])
         if link is None:
             return False
         words = argv[6:]
@@ -177,12 +204,11 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
             return link.get("master") == words[1]
         return True
     if argv[:2] == ("ip", "-o") and argv[2] == "addr":
-        links = _json(dump, "addr")
+        links = _by_name(dump, "addr")
         if links is None:
             return None
         address = argv[7].split("/")[0]
-        return any(link.get("ifname") == argv[5] and any(info.get("local") == address for info in link.get("addr_info", ()))
-                   for link in links)
+        return any(info.get("local") == address for info in links.get(argv[5], {}).get("addr_info", ()))
     if argv[:2] == ("ip", "-o") and argv[2] == "route":
         routes = _json(dump, "route")
         if routes is None:
@@ -197,16 +223,10 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
         value = dump.get(("sysctl", argv[2]))
         return None if value is None else value.strip() == probe.value
     if argv[0] == "iptables":
-        saved = dump.get(("iptables",))
-        if saved is None:
-            return None
         table, line = _rule(argv)
-        rules, current = set(), None
-        for text in saved.splitlines():
-            if text.startswith("*"):
-                current = text[1:]
-            elif current == table and text.startswith("-A "):
-                rules.add(text)
+        rules = _rules(dump, table)
+        if rules is None:
+            return None
         return True if line in rules else None  # not in these words: maybe in others, so ask iptables -C
     if argv[0] == "ss":
         listed = dump.get(("listen",))
@@ -219,10 +239,9 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
             return None
         return any(qdisc.get("dev") == argv[4] and qdisc.get("handle") == argv[6] for qdisc in qdiscs)
     if argv[0] == "cat":
-        links = _json(dump, "link")
+        links = _by_name(dump, "link")
         if links is None:
             return None
-        name = argv[1].split("/")[4]
-        link = next((link for link in links if link.get("ifname") == name), None)
+        link = links.get(argv[1].split("/")[4])
         return link is not None and str(link.get("mtu")) == probe.value
     return None
