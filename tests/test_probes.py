@@ -10,6 +10,7 @@ down, a qdisc, a sysctl, a whole namespace gone).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,44 @@ def drift(prefix: str) -> None:
     run(host, "tc", "qdisc", "del", "dev", "veth-h", "root")
     lab_namespaces = [name for name in sh("ip", "netns", "list").stdout.split()
                       if name.startswith(prefix + "-") and name not in (host, f"{prefix}-wan")]
+
+    def links_of(name):
+        return len(sh("ip", "-n", name, "-o", "link", "show").stdout.splitlines())
+
+    # the namespace with the most links is deleted (a router takes its peers' ends with it), another has a link down
+    lab_namespaces.sort(key=lambda name: (-links_of(name), name))
+    lab_namespaces = lab_namespaces[1:2] + lab_namespaces[:1]
     for name in lab_namespaces[:1]:
         links = [line.split(":")[1].strip().split("@")[0] for line in
                  sh("ip", "-n", name, "-o", "link", "show").stdout.splitlines()]
         for link in links[1:2]:  # after lo
             sh("ip", "-n", name, "link", "set", link, "down")
     for name in lab_namespaces[1:2]:
+        peers = peers_in(name, [other for other in sh("ip", "netns", "list").stdout.split()
+                                if other.startswith(prefix + "-") and other != name])
         sh("ip", "netns", "del", name)
+        settle(peers)
+
+
+def peers_in(victim: str, others) -> list:
+    """(namespace, link) of each veth end in OTHERS whose other end is in the namespace VICTIM."""
+    found = []
+    for other in others:
+        names = {entry["nsid"]: entry.get("name") for entry in
+                 json.loads(sh("ip", "-n", other, "-j", "netns", "list-id", check=True).stdout or "[]")}
+        for link in json.loads(sh("ip", "-n", other, "-j", "link", "show", check=True).stdout or "[]"):
+            if "link_netnsid" in link and names.get(link["link_netnsid"]) == victim:
+                found.append((other, link["ifname"]))
+    return found
+
+
+def settle(peers) -> None:
+    """Wait until the kernel has freed a deleted namespace: its veths die some time after `ip netns
+    del`, and their ends in other namespaces with them (a state it certainly reaches; the bound only
+    turns a hang into a failure). Then the dump and the probes read the same kernel."""
+    deadline = time.monotonic() + 60
+    for netns, link in peers:
+        while sh("ip", "-n", netns, "link", "show", "dev", link).returncode == 0:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{link} in {netns} outlived its peer's namespace by 60 s", pytrace=False)
+            time.sleep(0.01)
