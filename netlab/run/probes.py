@@ -17,10 +17,12 @@ holds the two ways equal for every step of every built-in lab).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from netlab.errors import NetlabError
 from netlab.render.plan import Probe, shell_join
 
 MARK = "@@netlab-dump@@"
@@ -61,47 +63,69 @@ def in_effect_many(executor, probes: Sequence[Probe]) -> List[Optional[bool]]:
 
 
 # ------------------------------------------------------------ what a probe reads
+_DOTTED_PORT = re.compile(r"(\d{1,3}\.){3}\d{1,3}:\d+")
+
+
 def _needs(probe: Probe) -> Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
-    """(the sections, the sysctl keys) PROBE's answer is read from; None: a shape not known here."""
-    argv = probe.argv
-    if argv[:4] == ("ip", "-o", "link", "show") and len(argv) >= 6 and argv[4] == "dev" and _link_filter(argv[6:]):
-        return ("link",), ()
-    if argv[:3] == ("ip", "link", "show") and len(argv) == 5 and argv[3] == "dev":  # a move's: the link is there
-        return ("link",), ()
-    if argv[:4] == ("ip", "-o", "addr", "show") and len(argv) == 8 and argv[4] == "dev" and argv[6] == "to":
-        return ("addr",), ()
-    if argv[:5] == ("ip", "-o", "route", "show", "exact") and _route_filter(argv[5:]) is not None:
-        return ("route",), ()
-    if argv[:3] == ("ip", "netns", "pids") and len(argv) == 4:
-        return ("netns",), ()
-    if argv[:2] == ("sysctl", "-n") and len(argv) == 3 and re.fullmatch(r"[A-Za-z0-9_.-]+", argv[2]):
-        return (), (argv[2],)
-    if argv[:1] == ("iptables",) and _rule(argv) is not None:
-        return ("iptables",), ()
-    if argv[:3] == ("ss", "-ltnH", "src") and len(argv) == 4 and not argv[3].startswith("0.0.0.0:"):
-        return ("listen",), ()
-    if argv[:4] == ("tc", "qdisc", "show", "dev") and len(argv) == 7 and argv[5] == "handle":
-        return ("qdisc",), ()
-    if argv[:1] == ("cat",) and len(argv) == 2 and re.fullmatch(r"/sys/class/net/[^/]+/mtu", argv[1]):
-        return ("link",), ()
+    """(the sections, the sysctl keys) PROBE's answer is read from; None: a shape (command and
+    match) not known here, asked the old way."""
+    argv, match = probe.argv, probe.match
+    if match == "output":
+        if argv[:4] == ("ip", "-o", "link", "show") and len(argv) >= 6 and argv[4] == "dev" and _link_filter(argv[6:]):
+            return ("link",), ()
+        if argv[:4] == ("ip", "-o", "addr", "show") and len(argv) == 8 and argv[4] == "dev" and argv[6] == "to" \
+                and re.fullmatch(r"(\d{1,3}\.){3}\d{1,3}/32", argv[7]):
+            return ("addr",), ()
+        if argv[:5] == ("ip", "-o", "route", "show", "exact") and _route_filter(argv[5:]) is not None:
+            return ("route",), ()
+        if argv[:3] == ("ss", "-ltnH", "src") and len(argv) == 4 and _DOTTED_PORT.fullmatch(argv[3]) \
+                and not argv[3].startswith("0.0.0.0:"):
+            return ("listen",), ()
+        if argv[:4] == ("tc", "qdisc", "show", "dev") and len(argv) == 7 and argv[5] == "handle":
+            return ("qdisc",), ()
+    elif match == "status":
+        if argv[:3] == ("ip", "link", "show") and len(argv) == 5 and argv[3] == "dev":  # a move's: the link is there
+            return ("link",), ()
+        if argv[:3] == ("ip", "netns", "pids") and len(argv) == 4:
+            return ("netns",), ()
+        if argv[:1] == ("iptables",) and _rule(argv) is not None:
+            return ("iptables",), ()
+    elif match == "equals":
+        if argv[:2] == ("sysctl", "-n") and len(argv) == 3 and re.fullmatch(r"[A-Za-z0-9_.-]+", argv[2]):
+            return (), (argv[2],)
+        if argv[:1] == ("cat",) and len(argv) == 2 and re.fullmatch(r"/sys/class/net/[^/]+/mtu", argv[1]):
+            return ("link",), ()
     return None
 
 
 def _link_filter(words) -> bool:
-    return words in ((), ("up",)) or (len(words) == 2 and words[0] in ("type", "master"))
+    """`up`, `type KIND` or `master NAME` (not `type KIND_slave`, which a link's slave kind answers)."""
+    return words in ((), ("up",)) or (len(words) == 2 and words[0] == "master") or \
+        (len(words) == 2 and words[0] == "type" and not words[1].endswith("_slave"))
 
 
 def _route_filter(words) -> Optional[dict]:
-    """`DEST [via GATEWAY] [dev LINK]` as a dict, or None."""
+    """`DEST [via GATEWAY] [dev LINK]` as a dict (DEST as a network), or None."""
     if not words:
         return None
-    wanted, rest = {"dst": words[0]}, list(words[1:])
+    destination = _network(words[0])
+    if destination is None:
+        return None
+    wanted, rest = {"dst": destination}, list(words[1:])
     while rest:
         if len(rest) < 2 or rest[0] not in ("via", "dev") or rest[0] in wanted:
             return None
         wanted[rest[0]] = rest[1]
         rest = rest[2:]
     return wanted
+
+
+def _network(text: str) -> Optional[ipaddress.IPv4Network]:
+    """An IPv4 route destination as `ip` writes it (`default`, `10.0.0.1`, `10.0.0.0/24`) as a network."""
+    try:
+        return ipaddress.IPv4Network("0.0.0.0/0" if text == "default" else text)
+    except ValueError:
+        return None
 
 
 def _rule(argv) -> Optional[Tuple[str, str]]:
@@ -131,24 +155,29 @@ def _dump(executor, netns: Optional[str], sections: set, keys: List[str]) -> Opt
     if not parts:  # none of its probes is of a shape read here: each is asked itself
         return {}
     argv = ("sh", "-c", "; ".join(parts))
-    if netns is not None and executor.remote is None:  # only the network namespace: no /sys of its own to mount
-        result = executor.run(("nsenter", f"--net={NETNS_DIR}/{netns}", *argv), None)
-        gone = result.code != 0 and f"cannot open {NETNS_DIR}/{netns}" in result.stderr
-    else:
-        result = executor.run(argv, netns)
-        gone = result.code == 255 and netns is not None
+    try:
+        if netns is not None and executor.remote is None:  # only the network namespace: no /sys of its own to mount
+            result = executor.run(("nsenter", f"--net={NETNS_DIR}/{netns}", *argv), None)
+            gone = result.code != 0 and f"cannot open {NETNS_DIR}/{netns}" in result.stderr
+        else:
+            result = executor.run(argv, netns)
+            gone = result.code == 255 and netns is not None
+    except NetlabError:  # nsenter or sh missing, a lost connection: the probes themselves will say
+        return None
     if gone and MARK not in result.stdout:
         return {"gone": True}  # the namespace is gone: so is everything in it
     if MARK not in result.stdout:
         return None
+    markers = {f"{MARK} {name}": (name,) for name in sections}
+    markers.update({f"{MARK} sysctl {key}": ("sysctl", key) for key in keys})
     dump: dict = {}
     current, lines = None, []
-    for line in result.stdout.splitlines():
-        if line.startswith(MARK):
-            said = line[len(MARK):].split()
-            if said == ["ok"] and current is not None:
-                dump[current] = "\n".join(lines)
-            current, lines = (tuple(said) if said != ["ok"] else None), []
+    for line in result.stdout.split("\n"):
+        if line == f"{MARK} ok" and current is not None:
+            dump[current] = "\n".join(lines)
+            current, lines = None, []
+        elif line in markers:
+            current, lines = markers[line], []
         elif current is not None:
             lines.append(line)
     return dump
@@ -171,7 +200,8 @@ def _by_name(dump: dict, section: str) -> Optional[dict]:
     key = ("names", section)
     if key not in dump:
         links = _json(dump, section)
-        dump[key] = None if links is None else {link.get("ifname"): link for link in links}
+        dump[key] = None if links is None else {
+            name: link for link in links for name in [link.get("ifname"), *link.get("altnames", ())]}
     return dump[key]
 
 
@@ -225,8 +255,11 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
         if routes is None:
             return None
         wanted = _route_filter(argv[5:])
-        return any(route.get("dst") == wanted["dst"] and route.get("gateway") == wanted.get("via", route.get("gateway"))
-                   and route.get("dev") == wanted.get("dev", route.get("dev")) for route in routes)
+        alike = [route for route in routes if _network(str(route.get("dst"))) == wanted["dst"]]
+        if any("nexthops" in route for route in alike):
+            return None  # a multipath route: its gateways are not where the filter looks
+        return any(route.get("gateway") == wanted.get("via", route.get("gateway"))
+                   and route.get("dev") == wanted.get("dev", route.get("dev")) for route in alike)
     if argv[:2] == ("ip", "netns"):
         listed = dump.get(("netns",))
         return None if listed is None else argv[3] in {line.split()[0] for line in listed.splitlines() if line.strip()}
@@ -243,7 +276,12 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
         listed = dump.get(("listen",))
         if listed is None:
             return None
-        return any(len(fields) >= 4 and fields[3] == argv[3] for fields in map(str.split, listed.splitlines()))
+        port = argv[3].rsplit(":", 1)[1]
+        same_port = [fields[3] for fields in map(str.split, listed.split("\n"))
+                     if len(fields) >= 4 and fields[3].rsplit(":", 1)[-1] == port]
+        if any(not _DOTTED_PORT.fullmatch(local) or local.startswith("0.0.0.0:") for local in same_port):
+            return None  # a wildcard, IPv6 or device-bound socket on the port: what ss's filter makes of it, ss knows
+        return argv[3] in same_port
     if argv[0] == "tc":
         qdiscs = _json(dump, "qdisc")
         if qdiscs is None:
