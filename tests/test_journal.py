@@ -77,6 +77,19 @@ def test_find_takes_the_name_on_the_host_or_the_one_lab_of_that_name(tmp_path):
         local.find("egress-ingress")
 
 
+def test_a_journal_read_before_the_lock_is_parsed_again_only_if_written_since(tmp_path):
+    record = _journal(tmp_path, "box1")
+    local = store.LocalStore(tmp_path)
+    found = local.find("box1")
+    assert local.reread(found) is found  # unchanged: down parses a large journal once
+    record.append(start=1)
+    again = local.reread(found)
+    assert again is not found and again.started == [1]
+    record.close()
+    record.remove()
+    assert local.reread(again) is None
+
+
 def test_the_state_dir_is_made_0700_and_a_symlink_is_refused(tmp_path):
     made = store.state_dir(tmp_path / "a" / "state")
     assert oct(made.stat().st_mode & 0o777) == "0o700"

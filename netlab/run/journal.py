@@ -63,6 +63,7 @@ class Journal:
     _steps: Optional[tuple] = field(default=None, repr=False)  # the plan's Steps, when this process wrote it
     host_boot: Optional[str] = field(default=None, repr=False)  # the boot id of the lab's host; None: this one
     torn: bool = field(default=False, repr=False)  # the last line was cut off by a crash
+    stamp: Optional[tuple] = field(default=None, repr=False)  # the file as it was read (netlab.run.store)
 
     # ------------------------------------------------------------ creating, reading
     @classmethod

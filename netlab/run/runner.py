@@ -166,11 +166,13 @@ def _left_as_is(error: ConnectionLost, name: str, store, executor: Executor) -> 
     return error
 
 
-def _current(store, name: str, reporter: Reporter, executor: Executor) -> Optional[journals.Journal]:
-    """The journal of NAME in STORE, if any, with EXECUTOR attached to its lab. One from
-    before the host's last reboot is removed (the reboot undid the lab), and so is one whose
-    lab vanished with its namespaces (a rootless lab whose keeper ended)."""
-    record = store.read(name)
+def _current(store, name: str, reporter: Reporter, executor: Executor,
+             known: Optional[journals.Journal] = None) -> Optional[journals.Journal]:
+    """The journal of NAME in STORE, if any (KNOWN, read before the lock was taken, unless it has
+    been written since), with EXECUTOR attached to its lab. One from before the host's last
+    reboot is removed (the reboot undid the lab), and so is one whose lab vanished with its
+    namespaces (a rootless lab whose keeper ended)."""
+    record = store.read(name) if known is None else store.reread(known)
     if record is None:
         return None
     if not record.from_this_boot:
@@ -686,7 +688,7 @@ def down(name: str, state_dir=None, reporter: Optional[Reporter] = None,
         return Outcome(name, 0, 0, f"{name} is not up{store.where}; nothing to do")
     real_name = found.name
     with store.lock(real_name):
-        record = _current(store, real_name, reporter, executor)
+        record = _current(store, real_name, reporter, executor, known=found)
         if record is None:
             return Outcome(real_name, 0, 0, f"{real_name} is not up; nothing to do")
         record.open_for_append()

@@ -106,10 +106,18 @@ def read_journal(path: Path) -> Journal:
     fd = _open_trusted(path, os.O_RDONLY)
     with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
         try:
+            stamp = _stamp(os.fstat(fd))
             text = handle.read()
         except OSError as error:
             raise NetlabError(f"cannot read the journal {path}: {error.strerror or error}") from None
-    return Journal.parse(path, text)
+    journal = Journal.parse(path, text)
+    journal.stamp = stamp
+    return journal
+
+
+def _stamp(status: os.stat_result) -> tuple:
+    """What changes whenever a file is written, replaced, chowned or chmodded."""
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 class Lock:
@@ -224,6 +232,11 @@ class Store:
         """Every readable journal, by name."""
         raise NotImplementedError
 
+    def reread(self, record: Journal) -> Optional[Journal]:
+        """RECORD's journal as it is now (say, once its lock is held): RECORD itself when the
+        store can tell nothing has written it since, so a large journal is parsed once."""
+        return self.read(record.name)
+
     def find(self, name: str, exact: bool = False) -> Optional[Journal]:
         """The journal of the lab called NAME, or (unless EXACT) of the one lab whose own name is NAME."""
         record = self.read(name)
@@ -251,6 +264,14 @@ class LocalStore(Store):
     def read(self, name: str) -> Optional[Journal]:
         path = journal_path(self.directory, name)
         return read_journal(path) if os.path.lexists(path) else None
+
+    def reread(self, record: Journal) -> Optional[Journal]:
+        path = journal_path(self.directory, record.name)
+        try:
+            unchanged = record.stamp is not None and _stamp(os.lstat(path)) == record.stamp
+        except OSError:
+            unchanged = False
+        return record if unchanged else self.read(record.name)
 
     def create(self, name: str, header: dict, steps) -> Journal:
         return Journal.create(journal_path(self.directory, name), header, steps)
