@@ -11,6 +11,15 @@ in a sandbox, so nothing outside namespaces named PREFIX-* changes:
 - `bash lab.sh up` and `bash lab.sh down`, lab.sh being
   `netlab export FILE --sandbox nlbNs`: plain bash, one process per command
   (the documents' way; the script also runs each step's probe first);
+- `netlab up FILE --sandbox nlbNh --host-netns nlbNh-given` and `netlab down
+  nlbNh`: the lab applied to a host that exists already (a namespace made,
+  untimed, just before), as on a real machine: nothing of it is netlab's to
+  delete with a namespace, and every step in it is probed first;
+- a floor script of the same lab, written here by hand (floor_script()): one
+  `ip -batch` per namespace entered with `nsenter --net=`, each veth born in
+  its namespace, `iptables-restore --noflush`, and down by deleting the
+  namespaces in one `ip -batch`: about the fewest processes the kernel work
+  can be done with;
 - the same `netlab up` and `down` run by an ordinary user (`--rootless-user`,
   default nobody, with a private state directory of its own): a rootless
   sandbox (netlab.run.rootless), every command through nsenter into its
@@ -19,8 +28,8 @@ in a sandbox, so nothing outside namespaces named PREFIX-* changes:
 Each command is timed from the outside, as a whole (wall clock, interpreter
 start included), with stdout to /dev/null and stderr to a file that is
 printed only if the command fails. Runs are interleaved: in run r, for each
-N, netlab up, netlab down, script up, script down (script first in odd runs),
-so that drift affects both alike. Every netlab and script run uses a private
+N, each tool's up and down in turn (the order reversed in odd runs), so that
+drift affects them alike. Every netlab and script run uses a private
 NETLAB_STATE_DIR (a temporary directory), so nothing is written to /run/netlab.
 Python's bytecode cache goes to a private PYTHONPYCACHEPREFIX in that
 directory (PYTHONDONTWRITEBYTECODE is dropped for netlab), so nothing is
@@ -163,8 +172,12 @@ class Bench:
                 "netlab_prefix": f"{self.args.prefix}{n}n",
                 "script_prefix": f"{self.args.prefix}{n}s",
                 "rootless_prefix": f"{self.args.prefix}{n}r",
+                "host_prefix": f"{self.args.prefix}{n}h",
+                "floor_prefix": f"{self.args.prefix}{n}f",
+                "floor": self.tmp / f"{name}-floor.sh",
             }
-            self.prefixes += [lab["netlab_prefix"], lab["script_prefix"]]
+            self.prefixes += [lab["netlab_prefix"], lab["script_prefix"], lab["host_prefix"], lab["floor_prefix"]]
+            lab["floor"].write_text(floor_script(n, lab["floor_prefix"]))
             lab["file"].write_text(star_lab(n, name))
             os.chmod(lab["file"], 0o644)
             self.quiet(self.netlab + ["export", str(lab["file"]), "--sandbox", lab["script_prefix"],
@@ -198,6 +211,34 @@ class Bench:
         self.must_be_up(n, prefix, "bash lab.sh up")
         down = self.run(["bash", str(lab["script"]), "down"], "bash lab.sh down")
         self.must_be_down(n, prefix, "bash lab.sh down", record=record)
+        return up, down
+
+    def host_netns_up_down(self, n, run):
+        """The lab on a namespace that plays an existing host (made and deleted untimed)."""
+        lab = self.labs[n]
+        prefix = lab["host_prefix"]
+        given = f"{prefix}-given"
+        self.must_be_down(n, prefix, "netlab up --host-netns")
+        self.quiet(["ip", "netns", "add", given])
+        up = self.run(self.netlab + ["up", str(lab["file"]), "--sandbox", prefix, "--host-netns", given],
+                      "netlab up --host-netns")
+        self.must_be_up(n, prefix, "netlab up --host-netns")  # the lab's N, its wan and the given host
+        down = self.run(self.netlab + ["down", prefix], "netlab down (--host-netns)")
+        left = self.quiet(["ip", "-n", given, "-o", "link", "show"]).stdout.splitlines()
+        if len(left) != 1:  # lo
+            raise Failed(f"after netlab down (--host-netns) at N={n}: links left in {given}: {left[:3]}")
+        self.quiet(["ip", "netns", "del", given])
+        self.must_be_down(n, prefix, "netlab down (--host-netns)", record=self.state / f"{prefix}.journal")
+        return up, down
+
+    def floor_up_down(self, n, run):
+        lab = self.labs[n]
+        prefix = lab["floor_prefix"]
+        self.must_be_down(n, prefix, "floor up")
+        up = self.run(["bash", str(lab["floor"]), "up"], "floor script up")
+        self.must_be_up(n, prefix, "floor script up")
+        down = self.run(["bash", str(lab["floor"]), "down"], "floor script down")
+        self.must_be_down(n, prefix, "floor script down")
         return up, down
 
     def rootless_up_down(self, n, run):
@@ -240,7 +281,10 @@ class Bench:
         say(f"warm-up (untimed): netlab and the script, up and down, N={smallest}")
         self.netlab_up_down(smallest, -1)
         self.script_up_down(smallest, -1)
-        tools = {"netlab": self.netlab_up_down, "script": self.script_up_down}
+        self.host_netns_up_down(smallest, -1)
+        self.floor_up_down(smallest, -1)
+        tools = {"netlab": self.netlab_up_down, "script": self.script_up_down, "host-netns": self.host_netns_up_down,
+                 "floor": self.floor_up_down}
         if self.user is not None:
             self.rootless_up_down(smallest, -1)
             tools["rootless"] = self.rootless_up_down
@@ -254,7 +298,7 @@ class Bench:
                     self.samples.append(dict(run=run, n=n, tool=tool, action="up", seconds=up_s, maxrss_kb=up_kb))
                     self.samples.append(dict(run=run, n=n, tool=tool, action="down", seconds=down_s,
                                              maxrss_kb=down_kb))
-                    say(f"run {run + 1}/{self.args.runs} N={n:<5} {tool:<8} up {up_s:8.3f} s  "
+                    say(f"run {run + 1}/{self.args.runs} N={n:<5} {tool:<10} up {up_s:8.3f} s  "
                         f"down {down_s:8.3f} s  ({time.perf_counter() - t0:.1f} s)")
             lab = self.labs[largest]
             seconds, kb = self.run(self.netlab + ["plan", str(lab["file"]), "--sandbox", lab["netlab_prefix"],
@@ -271,6 +315,11 @@ class Bench:
         for lab in self.labs.values():
             prefix = lab["netlab_prefix"]
             if self.namespaces(prefix) or (self.state / f"{prefix}.journal").exists():
+                result = self.quiet(self.netlab + ["down", prefix], check=False)
+                if result.returncode:
+                    warn(f"cleanup: netlab down {prefix} failed ({result.returncode}): {result.stderr.strip()}")
+            prefix = lab["host_prefix"]
+            if (self.state / f"{prefix}.journal").exists():
                 result = self.quiet(self.netlab + ["down", prefix], check=False)
                 if result.returncode:
                     warn(f"cleanup: netlab down {prefix} failed ({result.returncode}): {result.stderr.strip()}")
@@ -338,6 +387,28 @@ class Bench:
                        f"{r['up_ratio']:.1f}x | {r['netlab_down']:.3f} | {r['script_down']:.2f} | "
                        f"{r['down_ratio']:.1f}x | {r['netlab_up_ms_per_ns']:.2f} / "
                        f"{r['netlab_down_ms_per_ns']:.2f} | {r['netlab_up_peak_rss_mb']:.1f} |")
+        out.append("")
+        out.append("On a host that exists (`--host-netns`, a namespace made just before) and a floor script (one "
+                   "`ip -batch` per namespace through `nsenter --net=`, veths born in their namespaces, "
+                   "`iptables-restore --noflush`, down by deleting the namespaces), in the same runs:")
+        out.append("")
+        out.append("| N | sandbox up (s) | --host-netns up (s) | floor up (s) | host-netns/sandbox up | sandbox/floor up "
+                   "| host-netns/floor up | sandbox down (s) | --host-netns down (s) | floor down (s) "
+                   "| sandbox/floor down | host-netns/floor down |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n in sizes:
+            r = summary[n]
+            for tool in ("host-netns", "floor"):
+                for action in ("up", "down"):
+                    r[f"{tool}_{action}"] = med(n, tool, action)
+            r["host_sandbox_up"] = r["host-netns_up"] / r["netlab_up"]
+            for action in ("up", "down"):
+                r[f"sandbox_floor_{action}"] = r[f"netlab_{action}"] / r[f"floor_{action}"]
+                r[f"host_floor_{action}"] = r[f"host-netns_{action}"] / r[f"floor_{action}"]
+            out.append(f"| {n} | {r['netlab_up']:.3f} | {r['host-netns_up']:.3f} | {r['floor_up']:.3f} | "
+                       f"{r['host_sandbox_up']:.2f}x | {r['sandbox_floor_up']:.2f}x | {r['host_floor_up']:.2f}x | "
+                       f"{r['netlab_down']:.3f} | {r['host-netns_down']:.3f} | {r['floor_down']:.3f} | "
+                       f"{r['sandbox_floor_down']:.2f}x | {r['host_floor_down']:.2f}x |")
         rootless = self.user is not None
         if rootless:
             out.append("")
@@ -364,10 +435,10 @@ class Bench:
         out.append("")
         out.append("Each run, in seconds (run order):")
         for n in sizes:
-            for tool in ("netlab", "script") + (("rootless",) if rootless else ()):
+            for tool in ("netlab", "script", "host-netns", "floor") + (("rootless",) if rootless else ()):
                 for action in ("up", "down"):
                     values = " ".join(f"{s['seconds']:.3f}" for s in pick(n, tool, action))
-                    out.append(f"  N={n:<5} {tool:<8} {action:<4} {values}")
+                    out.append(f"  N={n:<5} {tool:<10} {action:<4} {values}")
         for action, label in (("plan", f"N={largest:<5} netlab plan"), ("version", "netlab --version   ")):
             values = " ".join(f"{s['seconds']:.3f}" for s in self.extra if s["action"] == action)
             out.append(f"  {label} {values}")
@@ -399,6 +470,17 @@ class Bench:
                        f"without the CLI start ({version_s:.3f} s): {marginal[1]:.2f} vs {marginal[0]:.2f} ms")
             else:
                 target(name, None, "needs N=50 and a larger N")
+        names = ("N=200: up --host-netns within 1.15x of up --sandbox and 1.3x of the floor; down --host-netns "
+                 "within 1.3x of the floor", "N=200: up --sandbox within 1.3x of the floor")
+        if 200 in summary:
+            r = summary[200]
+            target(names[0], r["host_sandbox_up"] <= 1.15 and r["host_floor_up"] <= 1.3 and r["host_floor_down"] <= 1.3,
+                   f"up {r['host_sandbox_up']:.2f}x of sandbox, {r['host_floor_up']:.2f}x of floor; "
+                   f"down {r['host_floor_down']:.2f}x of floor")
+            target(names[1], r["sandbox_floor_up"] <= 1.3, f"{r['sandbox_floor_up']:.2f}x")
+        else:
+            for name in names:
+                target(name, None, "N=200 not measured")
         name = "N=200: rootless up and down within 1.3x of root"
         if rootless and 200 in summary:
             r = summary[200]
@@ -431,6 +513,43 @@ class Bench:
                         samples=self.samples, extra=self.extra, summary=summary, targets=targets)
             Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
             print(f"raw timings written to {args.json}")
+
+
+# ---------------------------------------------------------------- the floor
+def floor_script(n: int, prefix: str) -> str:
+    """A bash script whose `up` builds netlab.model.star's lab of N (in a sandbox named PREFIX, as
+    netlab's) with about the fewest processes, and whose `down` deletes its namespaces."""
+    lab_namespaces = [f"{prefix}-n{i}" for i in range(n)]
+    spaces = [f"{prefix}-host", f"{prefix}-wan", *lab_namespaces]
+
+    def enter(netns, lines, command="ip -batch -"):
+        return [f"nsenter --net=/run/netns/{netns} {command} <<'END'", *lines, "END"]
+
+    def address(i):
+        return f"10.10.{(i + 2) // 256}.{(i + 2) % 256}"
+
+    host = ["link set lo up", f"link add ens3 type veth peer name wan0 netns {prefix}-wan",
+            "addr add 203.0.113.2/24 dev ens3", "link set ens3 up", "route add default via 203.0.113.1",
+            "link add br0 type bridge", "link set br0 up", "addr add 10.10.0.1/16 dev br0"]
+    for i in range(n):
+        host += [f"link add veth{i} type veth peer name ceth{i} netns {prefix}-n{i}", f"link set veth{i} master br0",
+                 f"link set veth{i} up"]
+    wan = ["link set lo up", "addr add 203.0.113.1/24 dev wan0", "link set wan0 up", "addr add 198.51.100.1/32 dev lo"]
+    rules = ["*nat", "-A POSTROUTING -s 10.10.0.0/16 ! -o br0 -j MASQUERADE",
+             *(f"-A PREROUTING -d 203.0.113.2 -p tcp -m tcp --dport {10000 + i} -j DNAT --to-destination "
+               f"{address(i)}:80" for i in range(n)),
+             "COMMIT", "*filter", "-A FORWARD -i br0 -j ACCEPT", "-A FORWARD -o br0 -j ACCEPT", "COMMIT"]
+    up = ["ip -batch - <<'END'", *(f"netns add {name}" for name in spaces), "END",
+          *enter(f"{prefix}-host", host), *enter(f"{prefix}-wan", wan)]
+    for i in range(n):
+        up += enter(f"{prefix}-n{i}", [f"link set ceth{i} up", f"addr add {address(i)}/16 dev ceth{i}",
+                                        "route add default via 10.10.0.1"])
+    up += [f"nsenter --net=/run/netns/{prefix}-host sysctl -qw net.ipv4.ip_forward=1",
+           *enter(f"{prefix}-host", rules, "iptables-restore --noflush")]
+    down = ["ip -batch - <<'END'", *(f"netns del {name}" for name in spaces), "END"]
+    return "\n".join(["#!/bin/bash", f"# The floor of netlab's star lab of {n} (scripts/bench.py).", "set -euo pipefail",
+                      'case "${1:-}" in', "up)", *up, ";;", "down)", *down, ";;",
+                      '*) echo "usage: $0 up|down" >&2; exit 2;;', "esac", ""])
 
 
 # ---------------------------------------------------------------- helpers
@@ -517,7 +636,7 @@ def main(argv=None):
         print("bench: needs root (it creates network namespaces): sudo python3 scripts/bench.py ...",
               file=sys.stderr)
         return 2
-    for tool in ("ip", "iptables", "bash", "sysctl"):
+    for tool in ("ip", "iptables", "iptables-restore", "bash", "sysctl", "nsenter"):
         if not shutil.which(tool):
             print(f"bench: {tool} is not installed", file=sys.stderr)
             return 2
