@@ -10,7 +10,8 @@ exec`'s does; over --remote, `ip netns exec`) runs `ip -j -d link show`,
 qdisc show` and the sysctls its probes read (each only when one of its
 probes needs it), and every probe is answered from that. A probe of a shape
 this module does not know, a dump that could not be read, and an iptables
-rule the dump does not show in the words it expects are asked the old way,
+rule the dump does not show in the words it expects (while its chain has
+rules of the same target, which might be it in other words) are asked the old way,
 one by one, so the answers are always the probes' own (tests/test_probes.py
 holds the two ways equal for every step of every built-in lab).
 """
@@ -271,7 +272,13 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
         rules = _rules(dump, table)
         if rules is None:
             return None
-        return True if line in rules else None  # not in these words: maybe in others, so ask iptables -C
+        if line in rules:
+            return True
+        words = line.split()
+        target = words[words.index("-j") + 1] if "-j" in words[:-1] else None
+        same_target = [rule for rule in rules if rule.startswith(f"-A {words[1]} ")
+                       and (target is None or f" -j {target} " in rule + " ")]
+        return False if not same_target else None  # not in these words: maybe in others, so ask iptables -C
     if argv[0] == "ss":
         listed = dump.get(("listen",))
         if listed is None:

@@ -444,13 +444,15 @@ def _run_rounds(plan: Plan, pending: Sequence[Step], record: journals.Journal, e
                 reporter: Reporter, signals: _DeferredSignals):
     """The batched `up` of PENDING: the probes, then the rounds of batches."""
     from netlab.run.batches import SINGLE, created_netns, lane_of, schedule
+    from netlab.run.probes import in_effect_many
 
     total = len(plan.steps)
     existing = _existing_namespaces(executor)
     fresh = {created_netns(step) for step in pending if created_netns(step)} - existing
     probed = [step for step in pending if lane_of(step) != SINGLE
               and step.netns not in fresh and created_netns(step) not in fresh]
-    states = _parallel(executor.in_effect, probed, executor.workers)
+    probed = [step for step in probed if step.probe is not None]
+    states = in_effect_many(executor, [step.probe for step in probed])  # a few dumps per namespace
     already = {step.index for step, state in zip(probed, states) if state}
     for step in probed:
         if step.index in already:
