@@ -64,7 +64,8 @@ def in_effect_many(executor, probes: Sequence[Probe]) -> List[Optional[bool]]:
 
 
 # ------------------------------------------------------------ what a probe reads
-_DOTTED_PORT = re.compile(r"(\d{1,3}\.){3}\d{1,3}:\d+")
+_DOTTED = r"(\d{1,3}\.){3}\d{1,3}"
+_DOTTED_PORT = re.compile(_DOTTED + r":\d+")
 
 
 def _needs(probe: Probe) -> Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
@@ -75,7 +76,7 @@ def _needs(probe: Probe) -> Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
         if argv[:4] == ("ip", "-o", "link", "show") and len(argv) >= 6 and argv[4] == "dev" and _link_filter(argv[6:]):
             return ("link",), ()
         if argv[:4] == ("ip", "-o", "addr", "show") and len(argv) == 8 and argv[4] == "dev" and argv[6] == "to" \
-                and re.fullmatch(r"(\d{1,3}\.){3}\d{1,3}/32", argv[7]):
+                and re.fullmatch(_DOTTED + "/32", argv[7]):
             return ("addr",), ()
         if argv[:5] == ("ip", "-o", "route", "show", "exact") and _route_filter(argv[5:]) is not None:
             return ("route",), ()
@@ -222,6 +223,29 @@ def _rules(dump: dict, table: str) -> Optional[set]:
     return None if tables is None else tables.get(table, set())
 
 
+def _targets(dump: dict, table: str) -> set:
+    """(chain, target) of every rule of TABLE in the dump: (chain, None) for each rule, and each word
+    after a `-j` in it (one in a comment too, so that a rule is never thought to lack its target)."""
+    key = ("targets", table)
+    if key not in dump:
+        pairs = set()
+        for rule in _rules(dump, table) or ():
+            words = rule.split()
+            pairs.add((words[1], None))
+            pairs.update((words[1], word) for before, word in zip(words, words[1:]) if before == "-j")
+        dump[key] = pairs
+    return dump[key]
+
+
+def _routes(dump: dict) -> Optional[list]:
+    """(destination as a network, route) of every route in the dump, parsed once."""
+    if ("networks",) not in dump:
+        routes = _json(dump, "route")
+        dump[("networks",)] = None if routes is None else [(_network(str(route.get("dst"))), route)
+                                                           for route in routes]
+    return dump[("networks",)]
+
+
 def _answer(probe: Probe, dump: dict) -> Optional[bool]:
     """Whether PROBE is in effect by DUMP; None when the dump cannot tell (ask the probe)."""
     if dump.get("gone"):
@@ -252,11 +276,11 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
         address = argv[7].split("/")[0]
         return any(info.get("local") == address for info in links.get(argv[5], {}).get("addr_info", ()))
     if argv[:2] == ("ip", "-o") and argv[2] == "route":
-        routes = _json(dump, "route")
+        routes = _routes(dump)
         if routes is None:
             return None
         wanted = _route_filter(argv[5:])
-        alike = [route for route in routes if _network(str(route.get("dst"))) == wanted["dst"]]
+        alike = [route for network, route in routes if network == wanted["dst"]]
         if any("nexthops" in route for route in alike):
             return None  # a multipath route: its gateways are not where the filter looks
         return any(route.get("gateway") == wanted.get("via", route.get("gateway"))
@@ -276,9 +300,8 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
             return True
         words = line.split()
         target = words[words.index("-j") + 1] if "-j" in words[:-1] else None
-        same_target = [rule for rule in rules if rule.startswith(f"-A {words[1]} ")
-                       and (target is None or f" -j {target} " in rule + " ")]
-        return False if not same_target else None  # not in these words: maybe in others, so ask iptables -C
+        alike = (words[1], target) in _targets(dump, table)
+        return None if alike else False  # not in these words: maybe in others (then iptables -C knows)
     if argv[0] == "ss":
         listed = dump.get(("listen",))
         if listed is None:

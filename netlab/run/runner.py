@@ -449,9 +449,8 @@ def _run_rounds(plan: Plan, pending: Sequence[Step], record: journals.Journal, e
     total = len(plan.steps)
     existing = _existing_namespaces(executor)
     fresh = {created_netns(step) for step in pending if created_netns(step)} - existing
-    probed = [step for step in pending if lane_of(step) != SINGLE
+    probed = [step for step in pending if step.probe is not None and lane_of(step) != SINGLE
               and step.netns not in fresh and created_netns(step) not in fresh]
-    probed = [step for step in probed if step.probe is not None]
     states = in_effect_many(executor, [step.probe for step in probed])  # a few dumps per namespace
     already = {step.index for step, state in zip(probed, states) if state}
     for step in probed:
