@@ -6,6 +6,8 @@ with the lab fully up (where no probe needs asking again), half up (`up --to`),
 and after hand-made drift of every kind (a rule, a route, an address, a link
 down, a qdisc, a sysctl, a whole namespace gone). tests/labs/probe-shapes.yaml
 holds the probes the dump reads in other words (`0.0.0.0/0` as `default`).
+Links, addresses, routes and sysctls are dumped both in-process (rtnetlink)
+and by `ip -j` processes, and the two must agree.
 """
 
 from __future__ import annotations
@@ -37,14 +39,22 @@ class Counting(Executor):
         return super().check(probe)
 
 
+class CountingByProcess(Counting):
+    """The same, reading every dump with a process (`ip -j ...`), never in-process by rtnetlink."""
+
+    reads_kernel = False
+
+
 def both_ways(state_dir, name):
-    """(by dump, one by one, how many the dump left to ask) for every probe of the lab NAME."""
+    """(by dump, one by one, how many the dump left to ask) for every probe of the lab NAME. The
+    dumps are read both ways, in-process by rtnetlink (netlab.run.netlink) and by `ip -j`
+    processes, which must agree answer for answer and in what they leave to ask."""
     record, _ = read_lab(name, state_dir)
     probes = [step.probe for step in record.steps() if step.probe is not None]
-    executor = Counting()
-    dumped = in_effect_many(executor, probes)
-    left = executor.asked
-    return dumped, [Executor().check(probe) for probe in probes], left
+    in_process, by_process = Counting(), CountingByProcess()
+    dumped = in_effect_many(in_process, probes)
+    assert in_effect_many(by_process, probes) == dumped and by_process.asked == in_process.asked
+    return dumped, [Executor().check(probe) for probe in probes], in_process.asked
 
 
 def ok(result) -> str:

@@ -12,8 +12,6 @@ runs once the others are done, as it fills the queues they would wait in.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import re
 import threading
 import time
@@ -24,10 +22,7 @@ from netlab.check.throughput import throughput
 from netlab.programs.reach import TIMEOUT, reach
 from netlab.render.plan import LabCheck
 from netlab.run.execute import Executor, local_executor
-
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
-
+from netlab.run.netlink import enter
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -140,7 +135,8 @@ def _connect(check: LabCheck, executor: Executor):
     if executor.remote is not None or executor.rootless:  # a thread cannot enter a user namespace
         return _connect_by_process(check, executor)
     try:
-        _enter(check.netns)
+        if check.netns is not None:
+            enter(check.netns)
     except OSError as error:
         return False, f"namespace {check.netns} is missing" if error.errno == 2 else f"setns: {error.strerror}"
     return reach(check.kind, check.address, check.port, check.path or "/", TIMEOUT)
@@ -165,23 +161,6 @@ def _connect_by_process(check: LabCheck, executor: Executor):
                                      for line in said):
             return None, f"needs python3 on {executor.remote.label if executor.remote else 'this host'}"
         return False, said[-1] if said else f"exit code {result.code}"
-
-
-def _enter(netns: Optional[str]) -> None:
-    """Move the calling thread into network namespace NETNS (None: stay)."""
-    if netns is None:
-        return
-    fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY)
-    try:
-        if hasattr(os, "setns"):  # Python 3.12
-            os.setns(fd, CLONE_NEWNET)
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-    finally:
-        os.close(fd)
 
 
 def lab_checks(record) -> List[LabCheck]:

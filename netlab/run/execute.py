@@ -81,6 +81,12 @@ class Executor:
     def require_root(self, action: str) -> None:
         require_root(action)
 
+    @property
+    def reads_kernel(self) -> bool:
+        """Whether the kernel's state may be read in this very process (netlab.run.netlink):
+        on this host, as root, with no user namespace of a rootless lab in between."""
+        return self.remote is None and not self.rootless and os.geteuid() == 0
+
     def admit(self, plan) -> None:
         """Refuse (InputError) a plan this host cannot bring up; any plan here, as root."""
 

@@ -50,12 +50,14 @@ def in_effect_many(executor, probes: Sequence[Probe]) -> List[Optional[bool]]:
         by_netns.setdefault(probe.netns, []).append(i)
     answers: List[Optional[bool]] = [None] * len(probes)
 
+    needs = {netns: [_needs(probes[i]) for i in indexes] for netns, indexes in by_netns.items()}
+    reads = {netns: ({section for need in wanted if need for section in need[0]},
+                     sorted({key for need in wanted if need for key in need[1]})) for netns, wanted in needs.items()}
+    in_process = _read_in_process(executor, reads)
+
     def one_namespace(netns: Optional[str]) -> None:
-        indexes = by_netns[netns]
-        wanted = [_needs(probes[i]) for i in indexes]
-        dump = _dump(executor, netns, {section for need in wanted if need for section in need[0]},
-                     sorted({key for need in wanted if need for key in need[1]}))
-        for i, need in zip(indexes, wanted):
+        dump = _dump(executor, netns, *reads[netns], in_process.get(netns))
+        for i, need in zip(by_netns[netns], needs[netns]):
             answer = _answer(probes[i], dump) if need and dump is not None else None
             answers[i] = executor.check(probes[i]) if answer is None else answer
 
@@ -146,9 +148,35 @@ def _rule(argv) -> Optional[Tuple[str, str]]:
 
 
 # ------------------------------------------------------------ the dump
-def _dump(executor, netns: Optional[str], sections: set, keys: List[str]) -> Optional[dict]:
-    """The sections of NETNS (and the sysctls KEYS) in one process; None when it could not be read.
-    A section that failed is absent: its probes are asked one by one."""
+def _read_in_process(executor, reads: dict) -> dict:
+    """netlink.read_many of READS (namespace -> sections, sysctl keys), where the executor may
+    read the kernel in this process and some namespace has something to read there."""
+    from netlab.run import netlink
+
+    if not executor.reads_kernel:
+        return {}
+    wanted = {netns: (sections & netlink.SECTIONS, keys) for netns, (sections, keys) in reads.items()
+              if sections & netlink.SECTIONS or keys}
+    return netlink.read_many(wanted) if wanted else {}
+
+
+def _dump(executor, netns: Optional[str], sections: set, keys: List[str], in_process=None) -> Optional[dict]:
+    """The sections of NETNS (and the sysctls KEYS); None when it could not be read. A section
+    that failed is absent: its probes are asked one by one. IN_PROCESS is what netlab.run.netlink
+    read of it (a dump, Gone, a ReadError or None): the rest is read in one process."""
+    from netlab.run import netlink
+
+    if isinstance(in_process, netlink.Gone):
+        return {"gone": True}
+    if not isinstance(in_process, dict):
+        return _dump_by_process(executor, netns, sections, keys)
+    rest = _dump_by_process(executor, netns, sections - netlink.SECTIONS,
+                            [key for key in keys if ("sysctl", key) not in in_process])
+    return {**in_process, **(rest or {})}
+
+
+def _dump_by_process(executor, netns: Optional[str], sections: set, keys: List[str]) -> Optional[dict]:
+    """The sections of NETNS (and the sysctls KEYS) in one process; None when it could not be read."""
     parts = []
     for name in sorted(sections):
         parts.append(f"echo {MARK} {name}; {_SECTIONS[name]} 2>/dev/null && echo {MARK} ok")
