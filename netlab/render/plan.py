@@ -102,7 +102,7 @@ class Step:
 
     @classmethod
     def from_dict(cls, index: int, data: dict) -> "Step":
-        """A Step from `to_dict` output or a template's JSON line (which has no index)."""
+        """A Step from `to_dict` output or a step its template emitted (which has no index)."""
         probe = data["probe"]
         return cls(
             index=index,
@@ -295,7 +295,7 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
     the host side in the existing namespace `host_netns` if given."""
     from netlab.errors import InputError
     from netlab.model.topology import netns_name
-    from netlab.render.templating import environment
+    from netlab.render.templating import render_steps
 
     if host_netns is not None:
         try:
@@ -320,14 +320,12 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
     if host_netns in created:
         raise InputError(f"{host_netns!r} is also a namespace the lab creates", topology.source, "--host-netns")
 
-    env = environment()
     moved = _final_homes(items)
 
     def render(item: Item):
-        """The steps of ITEM, as the templates' JSON lines."""
+        """The steps of ITEM, as its template emits them."""
         side = nsname(item.netns) if item.netns else host
-        text = env.get_template(f"{item.kind}.j2").render(item=item, ns=side, nsname=nsname, moved=moved)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return render_steps(f"{item.kind}.j2", item=item, ns=side, nsname=nsname, moved=moved)
 
     steps, ends = [], []  # ends: the number of steps once each item is rendered
     for item in items:

@@ -7,6 +7,7 @@ installed one first. StrictUndefined turns a missing value into an error.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import ipaddress
 from pathlib import Path
@@ -52,4 +53,27 @@ def environment():
     )
     env.filters["route_target"] = route_target
     env.filters["comment"] = comment
+    env.globals["emit"] = _emit
     return env
+
+
+_RENDERED = contextvars.ContextVar("netlab_rendered_steps")  # the list render_steps is filling
+
+
+def _emit(step: dict) -> str:
+    _RENDERED.get().append(step)
+    return ""
+
+
+def render_steps(template: str, **values) -> list:
+    """The steps (mappings, as macros.j2's `step` makes them) that TEMPLATE emits, rendered with
+    VALUES; handed over as they are, with no text in between. Anything else it writes is a bug."""
+    steps: list = []
+    token = _RENDERED.set(steps)
+    try:
+        text = environment().get_template(template).render(**values)
+    finally:
+        _RENDERED.reset(token)
+    if text.strip():
+        raise ValueError(f"{template} wrote text besides its steps: {text.strip()[:80]!r}")
+    return steps
