@@ -16,9 +16,11 @@ import itertools
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -32,6 +34,11 @@ _counter = itertools.count(1)
 # terminal, where Ctrl-C is SIGINT's default: so here too.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# The plans netlab keeps of large labs (netlab.render.cache) go to a directory of this run's,
+# removed at its end, not to the home of whoever runs the suite.
+CACHE_DIR = os.environ["NETLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="nlt-plan-cache-")
 
 
 def sh(*argv, check=False, timeout=60, **kwargs) -> subprocess.CompletedProcess:
@@ -285,6 +292,7 @@ def leftover_processes() -> list:
 
 
 def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(CACHE_DIR, ignore_errors=True)
     leaked = remove_namespaces(RUN_PREFIX)
     processes = leftover_processes()
     for pid, _ in processes:
