@@ -71,11 +71,21 @@ class Batch:
         return tuple(step for unit in self.units for step in unit.steps)
 
     @property
-    def argv(self) -> Tuple[str, ...]:
+    def tool_argv(self) -> Tuple[str, ...]:
+        """The process, to run in the batch's namespace (as the executor enters it)."""
         if self.tool == SINGLE:
             return self.units[0].steps[0].argv
         if self.tool == IPTABLES:
-            return in_netns(self.netns, ("iptables-restore", "--noflush"))
+            return ("iptables-restore", "--noflush")
+        return ("ip", "-batch", "-")
+
+    @property
+    def argv(self) -> Tuple[str, ...]:
+        """The process as it is shown, run from the root namespace."""
+        if self.tool == SINGLE:
+            return self.tool_argv
+        if self.tool == IPTABLES:
+            return in_netns(self.netns, self.tool_argv)
         return ("ip", "-batch", "-") if self.netns is None else ("ip", "-n", self.netns, "-batch", "-")
 
     @property

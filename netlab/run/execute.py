@@ -16,8 +16,10 @@ from typing import Optional, Sequence, Tuple
 
 from netlab.errors import CommandError, InputError, NetlabError
 from netlab.render.plan import SAVED, Probe, Step, in_netns
+from netlab.run.netlink import NETNS_DIR
 
 COMMAND_TIMEOUT = 120  # seconds; no step of a lab comes near it
+_NETLINK_TOOLS = frozenset(("ip", "iptables", "iptables-restore", "iptables-save", "sysctl", "tc", "ss"))
 TIMED_OUT = 124  # the code of a command that did not answer in time: its effect is unknown
 
 
@@ -122,8 +124,23 @@ class Executor:
         return program
 
     def command_line(self, argv: Sequence[str], netns: Optional[str], input: Optional[str]):
-        """What actually runs for ARGV in NETNS, and its standard input."""
-        return in_netns(netns, _own_program(argv)), input
+        """What actually runs for ARGV in NETNS, and its standard input. On this host, a tool that
+        talks to the kernel over netlink and /proc only enters the namespace by `nsenter --net=`,
+        whose cost stays flat however many namespaces there are (`ip netns exec` and `ip -n` copy
+        every mount, each namespace's under /run/netns included, to give the command a /sys of its
+        own); anything else, and the exported script, is run the documents' way."""
+        argv = _own_program(argv)
+        if netns is not None and argv[0] in _NETLINK_TOOLS and self.remote is None and not self.rootless \
+                and self._has("nsenter"):
+            return ("nsenter", f"--net={NETNS_DIR}/{netns}", *argv), input
+        return in_netns(netns, argv), input
+
+    def _has(self, name: str) -> bool:
+        try:
+            self._program(name)
+        except NetlabError:
+            return False
+        return True
 
     def finished(self, result: Result) -> Result:
         """A command's result, once it has ended (a remote executor checks its connection)."""

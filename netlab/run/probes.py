@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from netlab.errors import NetlabError
 from netlab.render.plan import Probe, shell_join
+from netlab.run.netlink import NETNS_DIR
 
 MARK = "@@netlab-dump@@"
-NETNS_DIR = "/run/netns"
 _SECTIONS = {  # name -> the command that reads it
     "link": "ip -j -d link show",
     "addr": "ip -j addr show",

@@ -465,7 +465,7 @@ def _run_rounds(plan: Plan, pending: Sequence[Step], record: journals.Journal, e
             for step in batch.steps:
                 reporter.step(step, total, "run")
         record.append_many([{"start": step.index} for batch in together for step in batch.steps])
-        results = _parallel(lambda batch: executor.run(batch.argv, None, batch.input), together,
+        results = _parallel(lambda batch: executor.run(batch.tool_argv, batch.netns, batch.input), together,
                             executor.workers)
         record.append_many([{"done": step.index} for batch, result in zip(together, results) if result.ok
                             for step in batch.steps])
@@ -627,7 +627,7 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
                           f"`{_down_command(record.name, executor)}` to finish")
         for step in batch.steps:
             reporter.step(step, total, "undo")
-        if executor.run(batch.argv, None, batch.input).ok:
+        if executor.run(batch.tool_argv, batch.netns, batch.input).ok:
             undone += len(batch.steps)
         else:  # all or nothing: some rule was gone already, or in use
             again += [step.index for step in batch.steps]
