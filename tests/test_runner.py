@@ -162,6 +162,18 @@ def wrappers(tmp_path_factory) -> Path:
         path = directory / tool
         path.write_text(text + f'exec {real} "$@"\n')
         path.chmod(0o755)
+    # netlab enters a namespace with `nsenter --net=/run/netns/NS TOOL ARGS` where the documents
+    # write `ip netns exec NS TOOL ARGS`, the words $NETLAB_TEST_FAIL names a call by
+    real = shutil.which("nsenter")
+    assert real, "nsenter is not installed"
+    (directory / "nsenter").write_text(
+        "#!/bin/bash\n"
+        'if [[ -n ${NETLAB_TEST_FAIL:-} && $1 == --net=/run/netns/* ]]; then\n'
+        '  call="ip netns exec ${1#--net=/run/netns/} ${*:2}"\n'
+        '  if [[ $call == "$NETLAB_TEST_FAIL" ]]; then echo "injected failure: $call" >&2; exit 1; fi\n'
+        "fi\n"
+        f'exec {real} "$@"\n')
+    (directory / "nsenter").chmod(0o755)
     return directory
 
 
