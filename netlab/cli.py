@@ -88,14 +88,20 @@ def _host(remote: Optional[str], ssh_opts: List[str]):
         yield executor
 
 
-def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host_netns: Optional[str] = None):
-    """The plan of TARGET; a large one as it was kept the last time (netlab.render.cache)."""
+def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host_netns: Optional[str] = None,
+               several_hosts: bool = False):
+    """The plan of TARGET; a large one as it was kept the last time (netlab.render.cache). A lab of
+    several hosts (a plan for each) only where SEVERAL_HOSTS says the command takes one."""
     from netlab.model.source import parse_overrides
     from netlab.render.cache import cached_plan
     from netlab.render.plan import make_plan
 
     params = parse_overrides(assignments)
-    return cached_plan(target, sandbox, host_netns, params, lambda: make_plan(target, sandbox, host_netns, params))
+    plan = cached_plan(target, sandbox, host_netns, params, lambda: make_plan(target, sandbox, host_netns, params))
+    if _several_hosts(plan) and not several_hosts:
+        raise InputError("a lab of several hosts is for plan, up, down and verify, for now; this command takes a "
+                         "lab of one host", target)
+    return plan
 
 
 def _writable(path: Optional[Path], option: str) -> None:
@@ -120,6 +126,46 @@ def _print_json(data) -> None:
                    + "\n}")
     else:
         typer.echo(block(data, ""))
+
+
+def _several_hosts(plan) -> bool:
+    """PLAN is a lab of several hosts' (netlab.render.multi.MultiPlan): a plan for each."""
+    return hasattr(plan, "parts")
+
+
+def _print_hosts(multi, as_json: bool) -> None:
+    """`plan` of a lab of several hosts: the underlay's steps, then each host's, each numbered on its own."""
+    if as_json:
+        _print_json(multi.to_dict())
+        return
+    typer.echo(f"# {multi.lab}: {multi.title} ({len(multi.parts)} hosts, in the sandbox {multi.sandbox})")
+    parts = [("underlay (the network between the hosts, on this machine)", multi.underlay)] if multi.underlay else []
+    parts += [(f"host {part.host.name} ({part.netns})", part.plan) for part in multi.parts]
+    for title, plan in parts:
+        typer.echo(f"# {title}: {len(plan.steps)} steps")
+        for step in plan.steps:
+            typer.echo(f"{step.index:3d}. {step.why}")
+            typer.echo(f"     {step.command}")
+
+
+def _up_hosts(multi, verify: bool, refused: dict) -> None:
+    """`up` of a lab of several hosts (netlab.run.multi): all of them, or none; then its checks, if asked."""
+    from netlab.run import multi as hosts
+    from netlab.run.progress import TerminalReporter
+
+    for option, given in refused.items():
+        if given:
+            raise InputError(f"{option} is not for a lab of several hosts, for now", None, option)
+    outcome = hosts.up(multi, reporter_for=lambda label: TerminalReporter(label=label))
+    typer.echo(outcome.summary)
+    if not verify:
+        return
+    from netlab.check.verify import run_checks
+
+    if _report_checks(multi.name, run_checks(multi.checks), as_json=False):
+        return
+    hosts.down(multi.name, reporter_for=lambda label: TerminalReporter(label=label))
+    raise NetlabError("a check failed; rolled back: every host is as it was")
 
 
 @app.command("labs")
@@ -175,7 +221,13 @@ def plan_command(
 
     Example: netlab plan egress-ingress --sandbox
     """
-    plan = _make_plan(target, sandbox, assignments, host_netns)
+    plan = _make_plan(target, sandbox, assignments, host_netns, several_hosts=True)
+    if _several_hosts(plan):
+        if show_batches:
+            raise InputError("--show-batches shows one host's plan; a lab of several hosts has one per host", None,
+                             "--show-batches")
+        _print_hosts(plan, as_json)
+        return
     if show_batches:
         _print_batches(plan, as_json)
         return
@@ -270,7 +322,11 @@ def up_command(
     from netlab.run.progress import TerminalReporter
     from netlab.run.runner import down, up
 
-    plan = _make_plan(target, sandbox, assignments, host_netns)
+    plan = _make_plan(target, sandbox, assignments, host_netns, several_hosts=True)
+    if _several_hosts(plan):
+        _up_hosts(plan, verify, {"--step-by-step": step_by_step, "--to": to is not None, "--check": check,
+                                 "--remote": remote is not None})
+        return
     with _host(remote, ssh_opts) as executor:
         executor.admit(plan)  # an ordinary user's real-host lab is refused before any question
         if (not yes and not check and plan.sandbox is None and plan.host_netns is None and sys.stdin.isatty()
@@ -337,6 +393,14 @@ def down_command(
     from netlab.run.progress import TerminalReporter
     from netlab.run.runner import down
 
+    if remote is None:
+        from netlab.run import multi
+
+        if multi.read_record(name) is not None:  # a lab of several hosts: every one of them
+            if step_by_step:
+                raise InputError("--step-by-step is not for a lab of several hosts, for now", None, "--step-by-step")
+            typer.echo(multi.down(name, reporter_for=lambda label: TerminalReporter(label=label)).summary)
+            return
     with _host(remote, ssh_opts) as executor, TerminalReporter() as reporter:
         outcome = down(name, reporter=reporter, executor=executor, step_by_step=step_by_step)
     typer.echo(outcome.summary)
@@ -429,6 +493,16 @@ def verify_command(
     from netlab.check.status import read_lab
     from netlab.check.verify import lab_checks, run_checks
 
+    if remote is None:
+        from netlab.render.plan import LabCheck
+        from netlab.run import multi
+
+        record = multi.read_record(name)
+        if record is not None:  # a lab of several hosts: its checks, from wherever they run
+            checks = [LabCheck.from_dict(check) for check in record["checks"]]
+            if not _report_checks(name, run_checks(checks), as_json):
+                raise typer.Exit(EXIT_FAILED)
+            return
     with _host(remote, ssh_opts) as executor:
         record, _ = read_lab(name, action="verify", executor=executor)
         passed = _report_checks(record.name, run_checks(lab_checks(record), executor), as_json)

@@ -90,9 +90,14 @@ def up(target: str, *, sandbox: Optional[str] = None, host_netns: Optional[str] 
     `sandbox` is a prefix ("" for the lab's default) to build it in a sandbox;
     `host_netns` an existing namespace to play the host.
     """
+    from netlab.errors import InputError
     from netlab.render.plan import make_plan
 
-    return Lab(make_plan(target, sandbox, host_netns, params), state_dir, reporter).up()
+    plan = make_plan(target, sandbox, host_netns, params)
+    if hasattr(plan, "parts"):  # netlab.render.multi.MultiPlan
+        raise InputError("the Python API takes a lab of one host, for now; a lab of several hosts: `netlab up`",
+                         target)
+    return Lab(plan, state_dir, reporter).up()
 
 
 def down(name: str, state_dir=None, reporter=None):

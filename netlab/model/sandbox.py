@@ -34,6 +34,7 @@ class Sandbox:
     wan_address: str = "203.0.113.1/24"
     internet_address: str = SANDBOX_PARAMS["internet_ip"] + "/32"
     host_netns: Optional[str] = None  # an existing namespace that plays the host
+    joined: bool = False  # a multi-host lab's host: its namespace and uplink are the underlay's (netlab.render.multi)
 
     @property
     def host(self) -> str:

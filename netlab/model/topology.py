@@ -184,6 +184,7 @@ class Topology:
     checks: Tuple[Check, ...]
     source: str = field(default="", compare=False)
     stages: tuple = ()  # netlab.model.stages.Stage: the documents' story, for `netlab tour`
+    placement: Any = None  # a lab of several hosts: netlab.model.hosts.Placement (the hosts, each step's)
 
     @property
     def namespaces(self) -> Tuple[str, ...]:
@@ -473,7 +474,7 @@ _CHECK_KEYS = {  # a check's own keys, besides its kind and `from`
     "throughput": ("min_rate", "seconds", "server"),
 }
 THROUGHPUT_PORT = 5201  # iperf3's own
-_TOP_KEYS = ("name", "title", "document", "params", "steps", "checks", "stages", "nodes", "bridges", "links",
+_TOP_KEYS = ("name", "title", "document", "params", "steps", "checks", "stages", "hosts", "nodes", "bridges", "links",
              "nat", "forward", "ports", "services")  # the last seven: the nodes/links form (netlab.model.nodes)
 
 
@@ -509,10 +510,21 @@ def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] =
     if not isinstance(raw_steps, list) or not raw_steps:
         raise fail("steps", "must be a non-empty list")
     overridden = overrides or {}
+    from netlab.model import hosts as multi  # it builds on this module's parsers
+
+    lab_hosts = multi.parse_hosts(fail, data["hosts"]) if multi.has_hosts(data) else ()
+    if lab_hosts and is_nodes_form(data):
+        raise fail("hosts", "a lab of several hosts is written in the step form, for now (steps, each with its host)")
+    if lab_hosts:  # each step's host taken out first (a vxlan step parsed there: it spans two)
+        placed, named = multi.take_placement(fail, [_substitute(fail, f"steps[{i}]", raw, params)
+                                                    for i, raw in enumerate(raw_steps, 1)], lab_hosts)
+    else:
+        multi.refuse_placement(fail, raw_steps)
+        placed = raw_steps
     steps = tuple(
-        _from_params(fail, f"steps[{i}]", raw, overridden, lambda raw=raw, i=i: _item(
-            fail, f"steps[{i}]", _substitute(fail, f"steps[{i}]", raw, params)))
-        for i, raw in enumerate(raw_steps, 1)  # numbered from 1, as `netlab plan` numbers
+        raw if isinstance(raw, Item) else _from_params(fail, f"steps[{i}]", original, overridden, lambda raw=raw, i=i: _item(
+            fail, f"steps[{i}]", raw if lab_hosts else _substitute(fail, f"steps[{i}]", raw, params)))
+        for i, (raw, original) in enumerate(zip(placed, raw_steps), 1)  # numbered from 1, as `netlab plan` numbers
     )
     raw_checks = data.get("checks") or []
     if not isinstance(raw_checks, list):
@@ -523,7 +535,15 @@ def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] =
         for i, raw in enumerate(raw_checks, 1)
     )
     topology = Topology(name, title, document, tuple(params.items()), steps, checks, source)
-    _check_references(fail, topology)
+    if lab_hosts:
+        if any(check.kind == "throughput" for check in checks):
+            raise fail("checks", "a lab of several hosts takes ping, tcp and http checks, for now")
+        placement = multi.place(fail, topology, named, lab_hosts)
+        multi.check_parts(fail, topology, placement)
+        if data.get("stages") is not None:
+            raise fail("stages", "a lab of several hosts has no tour, for now")
+        return dataclasses.replace(topology, placement=placement)
+    check_references(fail, topology)
     sides = {HOST, INTERNET, *topology.namespaces}
     topology = dataclasses.replace(topology, checks=tuple(
         serve_throughput(fail, f"checks[{i}]", check, steps, sides) for i, check in enumerate(checks, 1)))
@@ -749,9 +769,11 @@ class _World:
         self.seen[what] = where
 
 
-def _check_references(fail, topology: Topology) -> None:
+def check_references(fail, topology: Topology, numbers=None) -> None:
+    """Every name a step uses exists at that step, on its side; NUMBERS: the steps' numbers in
+    the file, when TOPOLOGY holds some of its steps (one host's of a multi-host lab)."""
     world = _World()
-    for i, item in enumerate(topology.steps, 1):
+    for i, item in zip(numbers or range(1, len(topology.steps) + 1), topology.steps):
         where = f"steps[{i}]"
         links = world.side(fail, f"{where}.netns", item.netns)
         if isinstance(item, Netns):
@@ -806,6 +828,12 @@ def _check_references(fail, topology: Topology) -> None:
             world.once(fail, where, f"{where}.route", ("route", item.netns, str(item.destination)), str(item.destination))
         elif isinstance(item, Show):
             pass
+        elif item.kind == "vxlan":  # netlab.model.hosts.Vxlan: one host's device, into its bridge
+            if item.name in links:
+                raise fail(f"{where}.name", f"{_shown(item.name)} already exists on host side at this step")
+            if links.get(item.bridge) != "bridge":
+                raise fail(f"{where}.vxlan", f"{_shown(item.bridge)} is not a bridge on that host at this step")
+            links[item.name] = "vxlan"
         elif isinstance(item, Impair):
             world.link(fail, where, item.netns, item.dev, "impair")
             world.once(fail, where, f"{where}.impair", ("impair", item.netns, item.dev), item.dev)
@@ -832,6 +860,6 @@ def _check_references(fail, topology: Topology) -> None:
             kind_key, (attribute, _, _) = next(iter(_SCHEMA[item.kind][1].items()))
             world.once(fail, where, f"{where}.{kind_key}", (item.kind, tuple(sorted(identity.items(), key=str))),
                        str(getattr(item, attribute)))
-    for i, check in enumerate(topology.checks, 1):
+    for i, check in enumerate(topology.checks if numbers is None else (), 1):
         if check.source not in (HOST, INTERNET) and check.source not in world.namespaces:
             raise fail(f"checks[{i}].from", f"{_shown(check.source)} is not host, internet or a namespace of the lab")

@@ -42,7 +42,7 @@ def cached_plan(target: str, sandbox: Optional[str], host_netns: Optional[str], 
         if plan is not None:
             return plan
     plan = render()
-    if key is not None and len(plan.steps) >= MIN_STEPS:
+    if key is not None and len(getattr(plan, "steps", ())) >= MIN_STEPS:  # (a multi-host lab's: never kept)
         _store(directory, f"{key}.plan", plan)
     return plan
 

@@ -256,6 +256,8 @@ class Plan:
 def sandbox_items(sandbox: Sandbox) -> Tuple[Item, ...]:
     """The steps that build a sandbox, as topology items in namespaces `host` and `wan`."""
     host, wan = "host", "wan"
+    if sandbox.joined:
+        return ()
 
     def why(text: str) -> str:
         return f"Sandbox: {text}"
@@ -283,9 +285,17 @@ def make_plan(target: str, sandbox: Optional[str] = None, host_netns: Optional[s
     `sandbox` is a prefix ("" for the lab's default) or None for no sandbox;
     `host_netns` an existing namespace that plays the host.
     """
+    from netlab.errors import InputError
     from netlab.model.source import load
 
     topology = load(target, params, sandbox=sandbox is not None)
+    if topology.placement is not None:  # a lab of several hosts: a plan for each
+        from netlab.render.multi import build_multi
+
+        if host_netns is not None:
+            raise InputError("a lab of several hosts has a host namespace of its own for each: no --host-netns",
+                             topology.source, "--host-netns")
+        return build_multi(topology, sandbox)
     box = None if sandbox is None else Sandbox.create(sandbox, topology.name, topology.namespaces)
     return build_plan(topology, box, host_netns)
 

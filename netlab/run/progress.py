@@ -10,14 +10,20 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 
 from netlab.run.runner import Reporter
 
 
 class TerminalReporter(Reporter):
-    def __init__(self, stream=None):
+    """LABEL (a host of a lab of several, whose parts run side by side) starts each of its lines."""
+
+    _writing = threading.Lock()  # the parts' reporters share a terminal
+
+    def __init__(self, stream=None, label: str = ""):
         self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
+        self.label = f"{label}: " if label else ""
+        self.tty = self.stream.isatty() and not label
         self._pending = False
 
     def __enter__(self) -> "TerminalReporter":
@@ -30,8 +36,9 @@ class TerminalReporter(Reporter):
         """Write; a reader that went away (`netlab up | head`) must never stop a step or an undo."""
         stream = stream or self.stream
         try:
-            stream.write(text)
-            stream.flush()
+            with self._writing:
+                stream.write(text)
+                stream.flush()
         except (OSError, ValueError):
             self.stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the reporter
             self.tty = False
@@ -43,7 +50,7 @@ class TerminalReporter(Reporter):
 
     def _line(self, text: str) -> None:
         self._clear()
-        self._write(text + "\n")
+        self._write(self.label + text + "\n")
 
     def step(self, step, total, action) -> None:
         if action == "undo":
@@ -67,7 +74,7 @@ class TerminalReporter(Reporter):
     def warn(self, text) -> None:
         self._clear()
         try:
-            sys.stderr.write(f"netlab: {text}\n")
+            sys.stderr.write(f"netlab: {self.label}{text}\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             pass

@@ -101,6 +101,26 @@ def _open_trusted(path: Path, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
+def read_trusted(path: Path) -> str:
+    """The text of the file at PATH (a lab record), if it can be trusted (see trust())."""
+    fd = _open_trusted(path, os.O_RDONLY)
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        try:
+            return handle.read()
+        except OSError as error:
+            raise NetlabError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def write_new(path: Path, text: str) -> None:
+    """TEXT as the new file PATH (0600; never through a symlink, never over a file that is there)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise NetlabError(f"cannot create {path}: {error.strerror or error}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
 def read_journal(path: Path) -> Journal:
     """The journal at PATH, if it can be trusted (see trust())."""
     fd = _open_trusted(path, os.O_RDONLY)

@@ -1,0 +1,131 @@
+"""Up and down of a lab across several hosts: one outcome for all of them.
+
+A multi-host lab (netlab.render.multi) is brought up as its parts: in a
+sandbox, the underlay first, then every host's plan side by side, each by
+the ordinary runner (netlab.run.runner) with its own journal and lock. Before
+anything runs, a lab record, NAME.lab in the state directory of the machine
+that runs `up`, names every part and its journal, so `down NAME` finds them
+all, also after `up` was killed. If any part fails, every part is taken down
+again (the failed one has rolled itself back), the underlay last: either the
+whole lab is up, or none of it. `down` takes the hosts down side by side,
+then the underlay, and forgets the record only when every part is down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from netlab.errors import InputError, NetlabError
+from netlab.run.runner import Outcome, Reporter, _parallel
+from netlab.run.store import read_trusted, state_dir, write_new
+
+RECORD_SUFFIX = ".lab"
+
+
+def record_path(name: str, directory=None) -> Path:
+    return state_dir(directory) / f"{name}{RECORD_SUFFIX}"
+
+
+def read_record(name: str, directory=None) -> Optional[dict]:
+    """The lab record of the multi-host lab NAME on this machine, or None."""
+    path = record_path(name, directory)
+    if not os.path.lexists(path):
+        return None
+    try:
+        return json.loads(read_trusted(path))
+    except ValueError:
+        raise NetlabError(f"{path} is not a lab record (damaged?); its parts' journals are "
+                          f"{name}-underlay and {name}-HOST: `netlab down` each") from None
+
+
+def up(multi, state_dir_path=None, reporter_for: Optional[Callable[[str], Reporter]] = None) -> Outcome:
+    """Bring every part of MULTI up, or (after a failure) none of them."""
+    from netlab.run.runner import down as down_part, up as up_part
+
+    reporter_for = reporter_for or (lambda label: Reporter())
+    path = record_path(multi.name, state_dir_path)
+    existing = read_record(multi.name, state_dir_path)
+    if existing is not None and existing.get("digest") != multi.digest:
+        raise InputError(f"{multi.name} is already up with another plan (lab {existing.get('lab')}); take it down "
+                         f"first: netlab down {multi.name}")
+    if existing is None:
+        write_new(path, json.dumps(multi.record()) + "\n")
+    done: List[str] = []  # the parts that are up: what a failure takes down again
+    try:
+        if multi.underlay is not None:
+            up_part(multi.underlay, state_dir_path, reporter_for("underlay"))
+            done.append(multi.underlay.name)
+
+        def one(part):
+            try:
+                up_part(part.plan, state_dir_path, reporter_for(part.host.name))
+            except BaseException as error:  # noqa: BLE001 - told once every part has ended
+                return error
+            done.append(part.plan.name)
+            return None
+
+        errors = _parallel(one, multi.parts, len(multi.parts))
+        failed = [(part.host.name, error) for part, error in zip(multi.parts, errors) if error is not None]
+        if failed:
+            raise _PartFailed(*failed[0])
+    except BaseException as error:
+        left = _take_down(multi.name, done, state_dir_path, reporter_for, down_part)
+        if not left:
+            path.unlink(missing_ok=True)
+        cause = error.error if isinstance(error, _PartFailed) else error
+        if not isinstance(cause, NetlabError):
+            raise
+        where = f"host {error.host}" if isinstance(error, _PartFailed) else "the underlay"
+        after = ("every host rolled back: all is as it was" if not left else
+                 f"could not take down {', '.join(left)}: run `netlab down {multi.name}`")
+        failure = NetlabError(f"{where}: {cause}; {after}")
+        failure.exit_code = cause.exit_code  # bad input on a host is still bad input
+        raise failure from None
+    total = sum(len(part.plan.steps) for part in multi.parts) + (len(multi.underlay.steps) if multi.underlay else 0)
+    hosts_said = ", ".join(f"{part.host.name} ({len(part.plan.steps)} steps)" for part in multi.parts)
+    return Outcome(multi.name, total, 0, f"{multi.name} is up on {len(multi.parts)} hosts: {hosts_said}")
+
+
+class _PartFailed(Exception):
+    def __init__(self, host: str, error: BaseException):
+        super().__init__(str(error))
+        self.host, self.error = host, error
+
+
+def _take_down(lab: str, names: List[str], state_dir_path, reporter_for, down_part) -> List[str]:
+    """Take the parts NAMES of the lab LAB down, the hosts side by side, then the underlay; the
+    ones that could not be."""
+    underlay = [name for name in names if name == f"{lab}-underlay"]
+    hosts = [name for name in names if name not in underlay]
+
+    def one(name):
+        try:
+            down_part(name, state_dir_path, reporter_for(name[len(lab) + 1:]), exact=True)
+        except NetlabError:
+            return name
+        return None
+
+    left = [name for name in _parallel(one, hosts, max(len(hosts), 1)) if name]
+    if left:  # the underlay carries the hosts' namespaces: it stays while a host is up
+        return left + underlay
+    return [name for name in map(one, underlay) if name]
+
+
+def down(name: str, state_dir_path=None, reporter_for: Optional[Callable[[str], Reporter]] = None) -> Outcome:
+    """Take every part of the multi-host lab NAME down (each part's journal says what it did)."""
+    from netlab.run.runner import down as down_part
+
+    reporter_for = reporter_for or (lambda label: Reporter())
+    record = read_record(name, state_dir_path)
+    if record is None:
+        return Outcome(name, 0, 0, f"{name} is not up; nothing to do")
+    names = [part["journal"] for part in record["hosts"]] + ([record["underlay"]] if record.get("underlay") else [])
+    left = _take_down(name, names, state_dir_path, reporter_for, down_part)
+    if left:
+        raise NetlabError(f"{name}: could not take down {', '.join(left)} (above); the lab record is kept: run "
+                          f"`netlab down {name}` again")
+    record_path(name, state_dir_path).unlink(missing_ok=True)
+    return Outcome(name, len(names), 0, f"{name} is down on {len(record['hosts'])} hosts")

@@ -1,0 +1,157 @@
+"""Multi-host labs (netlab.model.hosts, netlab.render.multi, netlab.run.multi): one lab, two hosts, one outcome.
+
+Without root: a lab's `hosts` and placement are validated, each mistake one
+line and exit 2; `plan` shows each host's steps, the VXLAN device among them
+in the exact words of `ip link add ... type vxlan`. As root, in sandbox mode
+(each host a namespace of its own, their uplinks on one emulated underlay):
+tests/labs/two-hosts.yaml comes up, a ping and an HTTP fetch cross the VXLAN,
+a capture on the underlay shows UDP 4789, and `down` leaves nothing; a real
+conflict on the second host (there already, with a bridge called like the
+veth it creates) rolls the first host and the underlay back too, and leaves
+the second as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import namespaces, netlab_cli, sh
+
+HERE = Path(__file__).parent
+LAB = HERE / "labs" / "two-hosts.yaml"
+
+
+def lab_with(tmp_path, change) -> Path:
+    """LAB as CHANGE (a function of its data) makes it, in a file of its own."""
+    data = yaml.safe_load(LAB.read_text())
+    change(data)
+    path = tmp_path / "lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def refused(tmp_path, state_dir, change, *args) -> str:
+    result = netlab_cli(state_dir, "plan", lab_with(tmp_path, change), "--sandbox", "nltm", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def step(data, **match):
+    """The first step of DATA with every key and value of MATCH."""
+    return next(raw for raw in data["steps"] if all(raw.get(key) == value for key, value in match.items()))
+
+
+@pytest.mark.parametrize("change,said", [
+    (lambda data: step(data, netns="ns2").pop("host"), "steps[14].host: a lab with hosts places each namespace"),
+    (lambda data: step(data, bridge="br0").update(host="c"), "steps[1].host: 'c' is not one of the lab's hosts"),
+    (lambda data: step(data, link="ceth1", up=True).update(host="b"), "steps[8].host: 'ns1' is on host a, not b"),
+    (lambda data: step(data, vxlan="br0").update(hosts=["a"]), "steps[20].hosts: must name two different hosts"),
+    (lambda data: step(data, vxlan="br0").update(vxlan="br9"), "steps[20].vxlan: host a has no bridge 'br9'"),
+    (lambda data: data["checks"][0].update({"from": "host"}), "checks[1].from: a lab with hosts has a host side"),
+    (lambda data: data["hosts"]["b"].update(address="192.0.2.11"), "hosts.b.address: 192.0.2.11 is host a's"),
+    (lambda data: data.pop("hosts"), "steps[1].host: the lab declares no hosts"),
+    (lambda data: step(data, veth="veth2").pop("host"), "steps[13].host: a lab with hosts runs each step on one"),
+])
+def test_a_misplaced_lab_is_one_line_and_exit_2(tmp_path, state_dir, change, said):
+    assert said in refused(tmp_path, state_dir, change)
+
+
+def test_a_lab_of_hosts_runs_in_sandbox_mode_for_now(state_dir):
+    result = netlab_cli(state_dir, "plan", LAB)
+    assert result.returncode == 2 and "runs in sandbox mode for now (--sandbox)" in result.stderr
+
+
+def test_plan_shows_each_host_its_steps_and_the_vxlan_device_in_ip_s_words(state_dir):
+    result = netlab_cli(state_dir, "plan", LAB, "--sandbox", "nltm", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert [part["host"] for part in plan["hosts"]] == ["a", "b"]
+    commands = {part["host"]: [step["command"] for step in part["steps"]] for part in plan["hosts"]}
+    assert "ip netns exec nltm-a ip link add vxlan100 type vxlan id 100 local 203.0.113.2 remote 203.0.113.3 " \
+           "dstport 4789" in commands["a"]
+    assert "ip netns exec nltm-b ip link add vxlan100 type vxlan id 100 local 203.0.113.3 remote 203.0.113.2 " \
+           "dstport 4789" in commands["b"]
+    assert "ip netns exec nltm-b ip link set vxlan100 master br0" in commands["b"]
+    assert not any("nltm-ns2" in command for command in commands["a"])  # ns2 is b's
+    underlay = [step["command"] for step in plan["underlay"]["steps"]]
+    assert underlay[0] == "ip netns add nltm-wan" and "ip netns add nltm-a" in underlay
+    text = netlab_cli(state_dir, "plan", LAB, "--sandbox", "nltm").stdout
+    assert text.index("# underlay") < text.index("# host a") < text.index("# host b")
+
+
+# ---------------------------------------------------------------- live, as root
+@pytest.mark.root
+def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_leaves_nothing(state_dir,
+                                                                                             sandbox_prefix):
+    try:
+        result = netlab_cli(state_dir, "up", LAB, "--sandbox", sandbox_prefix, "--verify")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert f"{sandbox_prefix} is up on 2 hosts" in result.stdout
+        assert "2 of 2 checks passed" in result.stdout
+        assert captured_vxlan(sandbox_prefix)
+        assert (state_dir / f"{sandbox_prefix}.lab").exists()
+        result = netlab_cli(state_dir, "down", sandbox_prefix)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
+        assert not list(state_dir.glob(f"{sandbox_prefix}*"))
+        assert netlab_cli(state_dir, "down", sandbox_prefix).returncode == 0  # not up: nothing to do
+    finally:
+        netlab_cli(state_dir, "down", sandbox_prefix)
+
+
+def captured_vxlan(prefix: str) -> str:
+    """What tcpdump on the underlay's switch sees of UDP 4789 while ns1 pings ns2 across it."""
+    capture = subprocess.Popen(["ip", "netns", "exec", f"{prefix}-wan", "tcpdump", "--immediate-mode", "-n", "-l",
+                                "-i", "underlay", "-c", "2", "udp", "port", "4789"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        said = ""
+        while "listening on" not in said:  # it is listening: the pings cannot pass unseen
+            line = capture.stderr.readline()
+            assert line, f"tcpdump ended before it listened: {said}"
+            said += line
+        ping = sh("ip", "netns", "exec", f"{prefix}-ns1", "ping", "-c", "3", "-W", "2", "10.60.0.2")
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        out, _ = capture.communicate(timeout=30)
+    finally:
+        if capture.poll() is None:
+            capture.kill()
+            capture.wait()
+    lines = [line for line in out.splitlines() if "VXLAN" in line or ".4789" in line]
+    assert len(lines) == 2, out
+    return out
+
+
+@pytest.mark.root
+def test_a_conflict_on_the_second_host_rolls_back_the_first_and_the_underlay(state_dir, sandbox_prefix):
+    taken = f"{sandbox_prefix}-b"  # host b there already, with a bridge called like the veth b creates
+
+    def state():
+        return [sh("ip", "-n", taken, *words, check=True).stdout
+                for words in (("-d", "-o", "link", "show"), ("-o", "addr", "show"), ("route", "show"))]
+
+    try:
+        sh("ip", "netns", "add", taken, check=True)
+        sh("ip", "-n", taken, "link", "set", "lo", "up", check=True)  # as on any host (README: a fresh lo's up stays)
+        sh("ip", "-n", taken, "link", "add", "veth2", "type", "bridge", check=True)
+        before = state()
+        result = netlab_cli(state_dir, "up", LAB, "--sandbox", sandbox_prefix)
+        assert result.returncode == 1, result.stdout + result.stderr
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"netlab: error: host b: {taken}: step 3 of 12 failed: ip netns exec {taken} ip link "
+                                f"add veth2 type veth peer name ceth2: ") and \
+            error.endswith("every host rolled back: all is as it was"), error
+        assert "a: [13/13]" in result.stdout  # host a was all up, and is down again
+        assert [name for name in namespaces() if name.startswith(sandbox_prefix + "-")] == [taken]
+        assert state() == before
+        assert not list(state_dir.glob(f"{sandbox_prefix}*"))
+    finally:
+        netlab_cli(state_dir, "down", sandbox_prefix)
+        sh("ip", "netns", "del", taken)
