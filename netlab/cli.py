@@ -99,8 +99,8 @@ def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host
     params = parse_overrides(assignments)
     plan = cached_plan(target, sandbox, host_netns, params, lambda: make_plan(target, sandbox, host_netns, params))
     if _several_hosts(plan) and not several_hosts:
-        raise InputError("a lab of several hosts is for plan, up, down and verify, for now; this command takes a "
-                         "lab of one host", target)
+        raise InputError("a lab of several hosts is for plan, export, up, down, status, verify and exec, for now; "
+                         "this command takes a lab of one host", target)
     return plan
 
 
@@ -265,11 +265,26 @@ def export_command(
 ):
     """Write the lab as a standalone bash script with up, down and plan actions.
 
+    A lab of several hosts is written as one script per host (and, in a sandbox,
+    one for the underlay that joins them) into the directory -o names, with a
+    README.md of the order to run them in.
+
     Example: netlab export egress-ingress --sandbox -o lab.sh && sudo bash lab.sh up
+
+    Example: netlab export tests/labs/two-hosts.yaml --sandbox -o two-hosts/
     """
     from netlab.render.export import export_script, write_script
 
-    script = export_script(_make_plan(target, sandbox, assignments, host_netns))
+    plan = _make_plan(target, sandbox, assignments, host_netns, several_hosts=True)
+    if _several_hosts(plan):
+        from netlab.render.export import write_scripts
+
+        if output is None or str(output) == "-":
+            raise InputError("a lab of several hosts is one script per host: give -o DIRECTORY", None, "-o")
+        for path in write_scripts(plan, output):
+            typer.echo(f"wrote {path}", err=True)
+        return
+    script = export_script(plan)
     if output is None or str(output) == "-":
         typer.echo(script, nl=False)
         return
@@ -442,15 +457,20 @@ def _status(name: Optional[str], as_json: bool, executor) -> None:
             for row in [("NAME", "STATE", "STEPS", "LAB")] + rows:
                 typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
         return
-    summary, steps = status.lab_steps(name, executor=executor)
+    from netlab.run import multi
+
+    record = multi.read_record(name) if executor.remote is None else None
+    parts = multi.part_names(record) if record is not None else [name]  # a lab of several hosts: each part
+    found = [status.lab_steps(part, executor=executor) for part in parts]
     if as_json:
-        _print_json({**summary.to_dict(), "steps": [step.to_dict() for step in steps]})
-    else:
+        shown = [{**summary.to_dict(), "steps": [step.to_dict() for step in steps]} for summary, steps in found]
+        _print_json(shown[0] if record is None else {"name": name, "lab": record["lab"], "parts": shown})
+    for summary, steps in [] if as_json else found:
         typer.echo(f"{summary.name}: lab {summary.lab}, {summary.state}, plan {summary.digest}, "
                    f"since {summary.created}")
         for step in steps:
             typer.echo(f"{step.index:4d}  {step.state:<12}  {step.command}")
-    if any(step.state in (status.MISSING, status.NOT_APPLIED) for step in steps):
+    if any(step.state in (status.MISSING, status.NOT_APPLIED) for _, steps in found for step in steps):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -685,7 +705,8 @@ def exec_command(
     name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
     netns: str = typer.Argument(..., metavar="NS", help=(
         "The lab's namespace as the lab names it (ns0; the sandbox prefix is added for you), `host` "
-        "for the host side or `internet` for a sandbox's internet side.")),
+        "for the host side or `internet` for a sandbox's internet side; in a lab of several hosts, a "
+        "host's name for its own side.")),
     command: List[str] = typer.Argument(..., metavar="-- COMMAND...", help="The command and its arguments."),
     remote: Optional[str] = _REMOTE_OPTION,
     ssh_opts: List[str] = _SSH_OPT_OPTION,
@@ -702,7 +723,18 @@ def exec_command(
     import shutil
 
     from netlab.check.status import read_lab, resolve_netns
+    from netlab.run import multi
 
+    record = multi.read_record(name) if remote is None else None
+    if record is not None:  # a lab of several hosts: its sides are the hosts', the namespaces', the internet's
+        sides = record["sides"]
+        if netns not in sides:
+            raise InputError(f"{netns!r} is not a side of {name} (its sides: {', '.join(sorted(sides))})", None, "NS")
+        if shutil.which(command[0]) is None:
+            raise InputError(f"{command[0]}: command not found", None, "COMMAND")
+        from netlab.run.execute import local_executor
+
+        _exec(local_executor().command_line(tuple(command), sides[netns], None)[0])
     with _host(remote, ssh_opts) as executor:
         record, _ = read_lab(name, action="exec", executor=executor)
         real = resolve_netns(record, netns)

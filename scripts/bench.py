@@ -20,6 +20,11 @@ in a sandbox, so nothing outside namespaces named PREFIX-* changes:
   its namespace, `iptables-restore --noflush`, and down by deleting the
   namespaces in one `ip -batch`: about the fewest processes the kernel work
   can be done with;
+- the same lab split over two sandbox hosts (`netlab up FILE --sandbox
+  nlbNm`, FILE the star with `hosts` a and b, each its half of the
+  namespaces, the bridges joined by VXLAN): the underlay, then both hosts'
+  plans side by side; the lab record's per-host start and end times say
+  whether they really ran at once;
 - the same `netlab up` and `down` run by an ordinary user (`--rootless-user`,
   default nobody, with a private state directory of its own): a rootless
   sandbox (netlab.run.rootless), every command through nsenter into its
@@ -181,10 +186,14 @@ class Bench:
                 "host_prefix": f"{self.args.prefix}{n}h",
                 "floor_prefix": f"{self.args.prefix}{n}f",
                 "floor": self.tmp / f"{name}-floor.sh",
+                "split": self.tmp / f"{name}-split.yaml",
+                "split_prefix": f"{self.args.prefix}{n}m",
             }
-            self.prefixes += [lab["netlab_prefix"], lab["script_prefix"], lab["host_prefix"], lab["floor_prefix"]]
+            self.prefixes += [lab["netlab_prefix"], lab["script_prefix"], lab["host_prefix"], lab["floor_prefix"],
+                              lab["split_prefix"]]
             lab["floor"].write_text(floor_script(n, lab["floor_prefix"]))
             lab["file"].write_text(star_lab(n, name))
+            lab["split"].write_text(star_lab(n, f"{name}s", split=True))
             os.chmod(lab["file"], 0o644)
             self.quiet(self.netlab + ["export", str(lab["file"]), "--sandbox", lab["script_prefix"],
                                       "-o", str(lab["script"])])
@@ -240,6 +249,21 @@ class Bench:
         self.must_be_down(n, prefix, "netlab down (--host-netns)", record=self.state / f"{prefix}.journal")
         return up, down
 
+    def split_up_down(self, n, run):
+        """The same lab split over two sandbox hosts (netlab.model.hosts): each its half, side by side."""
+        lab = self.labs[n]
+        prefix = lab["split_prefix"]
+        self.must_be_down(n, prefix, "netlab up (two hosts)")
+        up = self.run(self.netlab + ["up", str(lab["split"]), "--sandbox", prefix], "netlab up (two hosts)")
+        found = len(self.namespaces(prefix))
+        if found != n + 3:  # the lab's N, the underlay and the two hosts
+            raise Failed(f"after netlab up (two hosts) at N={n}: {found} namespaces {prefix}-*, expected {n + 3}")
+        record = json.loads((self.state / f"{prefix}.lab").read_text())
+        self.extra.append(dict(run=run, n=n, tool="split", action="timings", timings=record["timings"]))
+        down = self.run(self.netlab + ["down", prefix], "netlab down (two hosts)")
+        self.must_be_down(n, prefix, "netlab down (two hosts)", record=self.state / f"{prefix}.lab")
+        return up, down
+
     def floor_up_down(self, n, run):
         lab = self.labs[n]
         prefix = lab["floor_prefix"]
@@ -292,8 +316,9 @@ class Bench:
         self.script_up_down(smallest, -1)
         self.host_netns_up_down(smallest, -1)
         self.floor_up_down(smallest, -1)
+        self.split_up_down(smallest, -1)
         tools = {"netlab": self.netlab_up_down, "script": self.script_up_down, "host-netns": self.host_netns_up_down,
-                 "floor": self.floor_up_down}
+                 "floor": self.floor_up_down, "two-hosts": self.split_up_down}
         if self.user is not None:
             self.rootless_up_down(smallest, -1)
             tools["rootless"] = self.rootless_up_down
@@ -441,6 +466,25 @@ class Bench:
                 out.append(f"| {n} | {r['netlab_up']:.3f} | {r['rootless_up']:.3f} | {r['rootless_up_ratio']:.2f}x | "
                            f"{r['netlab_down']:.3f} | {r['rootless_down']:.3f} | {r['rootless_down_ratio']:.2f}x |")
         out.append("")
+        out.append("The same lab split over two sandbox hosts (netlab.model.hosts: each host its bridge and half the "
+                   "namespaces and rules, the bridges joined by VXLAN, the hosts' plans run side by side after "
+                   "the underlay's), against it on one, in the same runs; each host's up from the lab record's "
+                   "timings (last run), and how long both were running at once:")
+        out.append("")
+        out.append("| N | one host up (s) | two hosts up (s) | two/one up | one host down (s) | two hosts down (s) "
+                   "| underlay up (s) | host a up (s) | host b up (s) | a and b at once (s) |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n in sizes:
+            r = summary[n]
+            r["split_up"], r["split_down"] = med(n, "two-hosts", "up"), med(n, "two-hosts", "down")
+            last = [s["timings"] for s in self.extra if s["action"] == "timings" and s["n"] == n][-1]
+            (a0, a1), (b0, b1) = last["a"], last["b"]
+            r["split_a"], r["split_b"], r["split_overlap"] = a1 - a0, b1 - b0, max(0.0, min(a1, b1) - max(a0, b0))
+            r["split_underlay"] = last["underlay"][1] - last["underlay"][0]
+            out.append(f"| {n} | {r['netlab_up']:.3f} | {r['split_up']:.3f} | {r['split_up'] / r['netlab_up']:.2f}x | "
+                       f"{r['netlab_down']:.3f} | {r['split_down']:.3f} | {r['split_underlay']:.3f} | "
+                       f"{r['split_a']:.3f} | {r['split_b']:.3f} | {r['split_overlap']:.3f} |")
+        out.append("")
         out.append(f"`netlab plan star{largest}.yaml --sandbox {self.labs[largest]['netlab_prefix']} --json "
                    f"> /dev/null` (N={largest}, {self.labs[largest]['steps']} steps): median {plan_s:.3f} s, "
                    f"peak RSS {plan_mb:.1f} MB, its plan kept from the lab's `up`; rendered anew "
@@ -453,7 +497,7 @@ class Bench:
         out.append("")
         out.append("Each run, in seconds (run order):")
         for n in sizes:
-            for tool in ("netlab", "script", "host-netns", "floor") + (("rootless",) if rootless else ()):
+            for tool in ("netlab", "script", "host-netns", "floor", "two-hosts") + (("rootless",) if rootless else ()):
                 for action in ("up", "down"):
                     values = " ".join(f"{s['seconds']:.3f}" for s in pick(n, tool, action))
                     out.append(f"  N={n:<5} {tool:<10} {action:<4} {values}")

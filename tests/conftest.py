@@ -13,6 +13,7 @@ routes, iptables rules or ip_forward changed.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import secrets
@@ -52,6 +53,21 @@ def netlab_cli(state_dir, *args, timeout=300) -> subprocess.CompletedProcess:
     env.pop("NETLAB_TEST_PAUSE", None)
     return subprocess.run([sys.executable, "-m", "netlab", *map(str, args)], capture_output=True, text=True,
                           env=env, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def journal_records(path, key: str) -> list:
+    """The values of every KEY record in the journal at PATH (none when there is no journal)."""
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and key in record:
+            found.append(record[key])
+    return found
 
 
 def namespaces() -> list:

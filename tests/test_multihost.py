@@ -5,7 +5,10 @@ line and exit 2; `plan` shows each host's steps, the VXLAN device among them
 in the exact words of `ip link add ... type vxlan`. As root, in sandbox mode
 (each host a namespace of its own, their uplinks on one emulated underlay):
 tests/labs/two-hosts.yaml comes up, a ping and an HTTP fetch cross the VXLAN,
-a capture on the underlay shows UDP 4789, and `down` leaves nothing; a real
+a capture on the underlay shows UDP 4789, `status` and `exec` see every
+part, and `down` leaves nothing; `up` killed (SIGKILL) with both hosts half
+done, at five exact points, is taken down whole; the exported scripts (one
+per part, run without netlab) build, check and remove the same lab; a real
 conflict on the second host (there already, with a bridge called like the
 veth it creates) rolls the first host and the underlay back too, and leaves
 the second as it was.
@@ -14,13 +17,16 @@ the second as it was.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import namespaces, netlab_cli, sh
+from conftest import journal_records, namespaces, netlab_cli, sh, wait_stopped
 
 HERE = Path(__file__).parent
 LAB = HERE / "labs" / "two-hosts.yaml"
@@ -75,9 +81,9 @@ def test_plan_shows_each_host_its_steps_and_the_vxlan_device_in_ip_s_words(state
     assert [part["host"] for part in plan["hosts"]] == ["a", "b"]
     commands = {part["host"]: [step["command"] for step in part["steps"]] for part in plan["hosts"]}
     assert "ip netns exec nltm-a ip link add vxlan100 type vxlan id 100 local 203.0.113.2 remote 203.0.113.3 " \
-           "dstport 4789" in commands["a"]
+           "dstport 4789 dev ens3" in commands["a"]
     assert "ip netns exec nltm-b ip link add vxlan100 type vxlan id 100 local 203.0.113.3 remote 203.0.113.2 " \
-           "dstport 4789" in commands["b"]
+           "dstport 4789 dev ens3" in commands["b"]
     assert "ip netns exec nltm-b ip link set vxlan100 master br0" in commands["b"]
     assert not any("nltm-ns2" in command for command in commands["a"])  # ns2 is b's
     underlay = [step["command"] for step in plan["underlay"]["steps"]]
@@ -97,6 +103,15 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
         assert "2 of 2 checks passed" in result.stdout
         assert captured_vxlan(sandbox_prefix)
         assert (state_dir / f"{sandbox_prefix}.lab").exists()
+        status = netlab_cli(state_dir, "status", sandbox_prefix)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert [line.split(":")[0] for line in status.stdout.splitlines() if not line.startswith(" ")] == \
+            [f"{sandbox_prefix}-{part}" for part in ("underlay", "a", "b")]
+        assert "missing" not in status.stdout and "not applied" not in status.stdout
+        across = netlab_cli(state_dir, "exec", sandbox_prefix, "ns2", "--", "ping", "-c", "1", "-W", "2", "10.60.0.1")
+        assert across.returncode == 0, across.stdout + across.stderr
+        nowhere = netlab_cli(state_dir, "exec", sandbox_prefix, "ns9", "--", "true")
+        assert nowhere.returncode == 2 and "'ns9' is not a side of" in nowhere.stderr
         result = netlab_cli(state_dir, "down", sandbox_prefix)
         assert result.returncode == 0, result.stdout + result.stderr
         assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
@@ -155,3 +170,77 @@ def test_a_conflict_on_the_second_host_rolls_back_the_first_and_the_underlay(sta
     finally:
         netlab_cli(state_dir, "down", sandbox_prefix)
         sh("ip", "netns", "del", taken)
+
+
+KILL_POINTS = [  # what each part had recorded when `up` was killed (the others had not started)
+    {"underlay": "done:9"},  # the underlay half up, no host begun
+    {"a": "start:1", "b": "start:1"},  # both hosts' first steps recorded as started, none run
+    {"a": "done:5", "b": "start:4"},
+    {"a": "done:13", "b": "done:6"},  # a all done, b half
+    {"a": "start:11", "b": "done:12"},  # a's VXLAN device about to be made, b all done
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("points", KILL_POINTS, ids=["-".join(f"{k}.{v}" for k, v in p.items()) for p in KILL_POINTS])
+def test_kill_9_of_up_with_both_hosts_half_done_then_down_restores_every_host(state_dir, sandbox_prefix, points):
+    """Each part named stops right after writing its record (NETLAB_TEST_PAUSE_PARTS, netlab.run.journal), and
+    once all have, the process stops itself and is killed there: no race with the machine's speed."""
+    env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir),
+           "NETLAB_TEST_PAUSE_PARTS": ",".join(f"{sandbox_prefix}-{part}={point}" for part, point in points.items())}
+    env.pop("NETLAB_TEST_PAUSE", None)
+    process = subprocess.Popen([sys.executable, "-m", "netlab", "up", str(LAB), "--sandbox", sandbox_prefix],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_stopped(process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        for part, point in points.items():
+            key, value = point.split(":")
+            assert int(value) in journal_records(state_dir / f"{sandbox_prefix}-{part}.journal", key)
+        assert (state_dir / f"{sandbox_prefix}.lab").exists()
+        result = netlab_cli(state_dir, "down", sandbox_prefix)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.stdout.strip().splitlines()[-1] == f"{sandbox_prefix} is down on 2 hosts"
+        assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
+        assert not list(state_dir.glob(f"{sandbox_prefix}*"))
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+        process.stderr.close()
+        netlab_cli(state_dir, "down", sandbox_prefix)
+
+
+
+@pytest.mark.root
+def test_the_exported_scripts_bring_the_lab_up_on_both_hosts_check_it_and_take_it_down(state_dir, sandbox_prefix,
+                                                                                       tmp_path):
+    out = tmp_path / "two-hosts"
+    result = netlab_cli(state_dir, "export", LAB, "--sandbox", sandbox_prefix, "-o", out)
+    assert result.returncode == 0, result.stderr
+    parts = [f"{sandbox_prefix}-{part}" for part in ("underlay", "a", "b")]
+    assert sorted(path.name for path in out.iterdir()) == sorted([f"{part}.sh" for part in parts] + ["README.md"])
+    readme = (out / "README.md").read_text()
+    assert readme.index(f"bash {parts[0]}.sh up") < readme.index(f"bash {parts[1]}.sh up")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETLAB_STATE_DIR": str(state_dir)}  # no netlab at all
+
+    def script(part, action):
+        result = subprocess.run(["bash", str(out / f"{part}.sh"), action], capture_output=True, text=True, env=env,
+                                stdin=subprocess.DEVNULL, timeout=300)
+        assert result.returncode == 0, f"{part}.sh {action}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+        return result.stdout
+
+    try:
+        for part in parts:
+            script(part, "up")
+        said = script(parts[0], "verify")
+        assert "ping 10.60.0.2 from ns1" in said and "http 10.60.0.1:8080 from ns2" in said, said
+        for part in parts[1:] + parts[:1]:
+            script(part, "down")
+        assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
+    finally:
+        for part in parts[1:] + parts[:1]:
+            subprocess.run(["bash", str(out / f"{part}.sh"), "down"], capture_output=True, env=env,
+                           stdin=subprocess.DEVNULL, timeout=300)

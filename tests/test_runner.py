@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 import netlab
-from conftest import namespaces, sh, wait_stopped
+from conftest import journal_records, namespaces, sh, wait_stopped
 from netlab.model.source import catalog
 from netlab.model.star import star_lab
 from netlab.render.plan import SAVED
@@ -110,18 +110,7 @@ class Netlab:
         return self.state_dir / f"{name}.journal"
 
     def records(self, name: str, key: str) -> list:
-        path = self.journal(name)
-        if not path.exists():
-            return []
-        found = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if key in record:
-                found.append(record[key])
-        return found
+        return journal_records(self.journal(name), key)
 
 
 _BATCH_FAULT = {  # how each tool fails a batch at line $n, after reading its input into $input

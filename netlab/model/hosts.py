@@ -226,10 +226,11 @@ def _check_checks(fail, topology: Topology, home: Dict[str, str], hosts: Tuple[H
                 raise fail(f"checks[{i}].{key}", f"{_shown(side)} is not a host, internet or a namespace of the lab")
 
 
-def split(topology: Topology, placement: Placement, underlay: Optional[Dict[str, ipaddress.IPv4Address]] = None
-          ) -> Dict[str, Topology]:
+def split(topology: Topology, placement: Placement, underlay: Optional[Dict[str, ipaddress.IPv4Address]] = None,
+          dev: Optional[str] = None) -> Dict[str, Topology]:
     """One topology per host: its steps, each span as that host's Vxlan (to the other host's
-    underlay address: UNDERLAY's, in a sandbox, else the lab's), and no checks (they are the lab's)."""
+    underlay address: UNDERLAY's, in a sandbox, with DEV its underlay link, else the lab's),
+    and no checks (they are the lab's)."""
     addresses = underlay or {host.name: host.address for host in placement.hosts}
     parts = {}
     for host in placement.hosts:
@@ -240,7 +241,7 @@ def split(topology: Topology, placement: Placement, underlay: Optional[Dict[str,
                 why = item.why or (f"Join bridge {item.bridge} to host {other}'s over VXLAN (VNI {item.vni}, UDP "
                                    f"{item.port}): frames for {other}'s side go inside UDP to {addresses[other]}.")
                 steps.append(Vxlan(None, why, item.name, item.bridge, item.vni, item.port, addresses[host.name],
-                                   addresses[other], None if underlay else host.dev))
+                                   addresses[other], dev if underlay else host.dev))
             elif on == host.name:
                 steps.append(item)
         parts[host.name] = dataclasses.replace(topology, name=topology.name, steps=tuple(steps), checks=(), stages=())

@@ -124,6 +124,44 @@ def tools_used(plan: Plan) -> List[str]:
     return sorted(used)
 
 
+def write_scripts(multi, directory: Path) -> list:
+    """A lab of several hosts (netlab.render.multi) as a script per part in DIRECTORY (made if
+    missing): the underlay's, which also holds the lab's checks (in a sandbox every host is on
+    this machine), and each host's; and a README.md of the order to run them. Returns the paths."""
+    import dataclasses
+
+    from netlab.render.templating import comment
+
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{directory}: not a directory (a lab of several hosts is one script per host)", None, "-o")
+    if not directory.parent.is_dir():
+        raise InputError(f"{directory}: its parent directory does not exist", None, "-o")
+    directory.mkdir(exist_ok=True)
+    underlay = dataclasses.replace(multi.underlay, checks=multi.checks)
+    parts = [(underlay, "the underlay: the hosts' namespaces and the network between them")]
+    parts += [(part.plan, f"host {part.host.name} ({part.netns})") for part in multi.parts]
+    paths = []
+    for plan, _ in parts:
+        path = directory / f"{plan.name}.sh"
+        write_script(path, export_script(plan))
+        paths.append(path)
+    hosts = " and ".join(f"`sudo bash {part.plan.name}.sh up`" for part in multi.parts)
+    downs = ", ".join(f"`sudo bash {part.plan.name}.sh down`" for part in multi.parts)
+    lines = [f"# {multi.lab}: {comment(multi.title)}", "",
+             f"Exported by netlab from a lab of {len(multi.parts)} hosts, in the sandbox {multi.sandbox}: one script "
+             "per part, each with up, down, plan and verify, each its own record.", ""]
+    lines += [f"- `{plan.name}.sh`: {what}, {len(plan.steps)} steps" for plan, what in parts]
+    lines += ["", "Up, in this order:", "",
+              f"1. `sudo bash {underlay.name}.sh up`",
+              f"2. {hosts} (in any order, or side by side)",
+              f"3. `sudo bash {underlay.name}.sh verify`: the lab's checks, across the hosts", "",
+              f"Down: {downs}, then `sudo bash {underlay.name}.sh down` (the underlay holds the hosts' namespaces).",
+              ""]
+    readme = directory / "README.md"
+    write_file(readme, "\n".join(lines), 0o644, "-o")
+    return paths + [readme]
+
+
 def export_script(plan: Plan) -> str:
     from netlab import __version__, programs
     from netlab.render.templating import environment

@@ -45,6 +45,7 @@ class MultiPlan:
     parts: Tuple[HostPlan, ...]
     underlay: Optional[Plan] = None  # in a sandbox: the hosts' namespaces and the network between them
     checks: Tuple[LabCheck, ...] = ()
+    sides: Tuple[Tuple[str, str], ...] = ()  # (as the lab names it, the real namespace): hosts, namespaces, internet
 
     @property
     def digest(self) -> str:
@@ -63,6 +64,7 @@ class MultiPlan:
             "hosts": [{"host": part.host.name, "reach": part.host.reach, "journal": part.plan.name, "netns": part.netns}
                       for part in self.parts],
             "checks": [check.to_dict() for check in self.checks],
+            "sides": dict(self.sides),
         }
 
     def to_dict(self) -> dict:
@@ -95,7 +97,7 @@ def build_multi(topology: Topology, sandbox: Optional[str]) -> MultiPlan:
         Sandbox.create(prefix, topology.name, (host.name,))  # a name that fits
     addresses = {host.name: underlay_address(i).ip for i, host in enumerate(placement.hosts)}
     parts = []
-    for i, (host, part) in enumerate(zip(placement.hosts, split(topology, placement, addresses).values())):
+    for i, (host, part) in enumerate(zip(placement.hosts, split(topology, placement, addresses, UPLINK).values())):
         netns = box.netns(host.name)
         joined = dataclasses.replace(box, host_address=str(underlay_address(i)), joined=True)
         plan = build_plan(part, joined, netns)
@@ -103,8 +105,9 @@ def build_multi(topology: Topology, sandbox: Optional[str]) -> MultiPlan:
     underlay = build_plan(Topology(topology.name, f"{topology.title} (the underlay)", topology.document, (),
                                    underlay_items(box, placement.hosts), ()), None)
     checks = tuple(_place(check, box, None, box.netns) for check in topology.checks)
+    sides = tuple((name, box.netns(name)) for name in (*addresses, *topology.namespaces)) + (("internet", box.wan),)
     return MultiPlan(topology.name, topology.title, prefix, prefix, tuple(parts),
-                     dataclasses.replace(underlay, name=f"{prefix}-underlay"), checks)
+                     dataclasses.replace(underlay, name=f"{prefix}-underlay"), checks, sides)
 
 
 def underlay_items(box: Sandbox, hosts: Tuple[Host, ...]):

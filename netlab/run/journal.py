@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from netlab.errors import NetlabError
 SUFFIX = ".journal"
 FORMAT = 1
 PAUSE = "NETLAB_TEST_PAUSE"  # tests only: stop after writing a record (see _pause_point)
+PAUSE_PARTS = "NETLAB_TEST_PAUSE_PARTS"  # tests only: each journal NAME stops at its own record (_pause_point)
 
 
 def boot_id() -> str:
@@ -122,14 +124,14 @@ class Journal:
         """Write one record and make it durable before returning."""
         self.records.append(record)
         self._write(record)
-        _pause_point((record,))
+        _pause_point((record,), self.path)
 
     def append_many(self, records: List[dict]) -> None:
         """Write RECORDS, one per line, and make them durable together (one fsync)."""
         if records:
             self.records.extend(records)
             self._write(*records)
-            _pause_point(records)
+            _pause_point(records, self.path)
 
     def _write(self, *records: dict) -> None:
         """Append RECORDS, unbuffered, and fsync. A write that fails (a full disk, a file size
@@ -281,14 +283,37 @@ def _step_or_dict(data: dict):
     return data
 
 
-def _pause_point(records) -> None:
+def _pause_point(records, path) -> None:
     """For crash and signal tests: with $NETLAB_TEST_PAUSE set to KEY:N (`start:12`,
     `done:30`) or KEY (`rollback`), the process SIGSTOPs itself right after a record
     with that key (and value N) is durable, so a test can kill it at that exact step
-    instead of racing it. Unset, this costs one dictionary lookup per write."""
+    instead of racing it. With $NETLAB_TEST_PAUSE_PARTS set to NAME=KEY:N,... (the
+    parts of a lab of several hosts, run side by side), the part whose journal is
+    NAME stops at its point and waits there (for good: a kill test's), and once
+    every part named has, the process SIGSTOPs itself. Unset, these cost two
+    dictionary lookups per write."""
     spec = os.environ.get(PAUSE)
-    if not spec:
-        return
-    key, _, value = spec.partition(":")
-    if any(key in record and (not value or str(record[key]) == value) for record in records):
+    if spec and _matches(spec, records):
         os.kill(os.getpid(), signal.SIGSTOP)
+    parts = os.environ.get(PAUSE_PARTS)
+    if not parts:
+        return
+    points = dict(part.split("=", 1) for part in parts.split(",") if "=" in part)
+    name = os.path.basename(path).rsplit(".", 1)[0]
+    if name not in points or not _matches(points[name], records):
+        return
+    with _PAUSED_LOCK:
+        _PAUSED.add(name)
+        everyone = _PAUSED >= set(points)
+    if everyone:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    threading.Event().wait()  # this part goes no further; the test kills the process
+
+
+_PAUSED: set = set()
+_PAUSED_LOCK = threading.Lock()
+
+
+def _matches(spec: str, records) -> bool:
+    key, _, value = spec.partition(":")
+    return any(key in record and (not value or str(record[key]) == value) for record in records)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from netlab.errors import InputError, NetlabError
 from netlab.run.runner import Outcome, Reporter, _parallel
-from netlab.run.store import read_trusted, state_dir, write_new
+from netlab.run.store import read_trusted, replace_file, state_dir, write_new
 
 RECORD_SUFFIX = ".lab"
 
@@ -41,6 +42,11 @@ def read_record(name: str, directory=None) -> Optional[dict]:
                           f"{name}-underlay and {name}-HOST: `netlab down` each") from None
 
 
+def part_names(record: dict) -> List[str]:
+    """The journals of a lab record's parts: the underlay's (in a sandbox), then each host's."""
+    return ([record["underlay"]] if record.get("underlay") else []) + [part["journal"] for part in record["hosts"]]
+
+
 def up(multi, state_dir_path=None, reporter_for: Optional[Callable[[str], Reporter]] = None) -> Outcome:
     """Bring every part of MULTI up, or (after a failure) none of them."""
     from netlab.run.runner import down as down_part, up as up_part
@@ -54,16 +60,21 @@ def up(multi, state_dir_path=None, reporter_for: Optional[Callable[[str], Report
     if existing is None:
         write_new(path, json.dumps(multi.record()) + "\n")
     done: List[str] = []  # the parts that are up: what a failure takes down again
+    timings = {}  # part -> [start, end], seconds since the epoch: did the hosts run side by side?
     try:
         if multi.underlay is not None:
+            timings["underlay"] = [time.time()]
             up_part(multi.underlay, state_dir_path, reporter_for("underlay"))
+            timings["underlay"].append(time.time())
             done.append(multi.underlay.name)
 
         def one(part):
+            timings[part.host.name] = [time.time()]
             try:
                 up_part(part.plan, state_dir_path, reporter_for(part.host.name))
             except BaseException as error:  # noqa: BLE001 - told once every part has ended
                 return error
+            timings[part.host.name].append(time.time())
             done.append(part.plan.name)
             return None
 
@@ -84,6 +95,7 @@ def up(multi, state_dir_path=None, reporter_for: Optional[Callable[[str], Report
         failure = NetlabError(f"{where}: {cause}; {after}")
         failure.exit_code = cause.exit_code  # bad input on a host is still bad input
         raise failure from None
+    replace_file(path, json.dumps({**multi.record(), "timings": timings}) + "\n")
     total = sum(len(part.plan.steps) for part in multi.parts) + (len(multi.underlay.steps) if multi.underlay else 0)
     hosts_said = ", ".join(f"{part.host.name} ({len(part.plan.steps)} steps)" for part in multi.parts)
     return Outcome(multi.name, total, 0, f"{multi.name} is up on {len(multi.parts)} hosts: {hosts_said}")
@@ -122,7 +134,7 @@ def down(name: str, state_dir_path=None, reporter_for: Optional[Callable[[str], 
     record = read_record(name, state_dir_path)
     if record is None:
         return Outcome(name, 0, 0, f"{name} is not up; nothing to do")
-    names = [part["journal"] for part in record["hosts"]] + ([record["underlay"]] if record.get("underlay") else [])
+    names = part_names(record)
     left = _take_down(name, names, state_dir_path, reporter_for, down_part)
     if left:
         raise NetlabError(f"{name}: could not take down {', '.join(left)} (above); the lab record is kept: run "

@@ -121,6 +121,17 @@ def write_new(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def replace_file(path: Path, text: str) -> None:
+    """TEXT as the file PATH, whole or not at all: written as a new file beside it, then renamed."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    write_new(temporary, text)
+    try:
+        os.replace(temporary, path)
+    except OSError as error:
+        os.unlink(temporary)
+        raise NetlabError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 def read_journal(path: Path) -> Journal:
     """The journal at PATH, if it can be trusted (see trust())."""
     fd = _open_trusted(path, os.O_RDONLY)
