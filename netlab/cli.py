@@ -138,9 +138,10 @@ def _print_hosts(multi, as_json: bool) -> None:
     if as_json:
         _print_json(multi.to_dict())
         return
-    typer.echo(f"# {multi.lab}: {multi.title} ({len(multi.parts)} hosts, in the sandbox {multi.sandbox})")
+    where = f"in the sandbox {multi.sandbox}" if multi.sandbox else "each on its own machine"
+    typer.echo(f"# {multi.lab}: {multi.title} ({len(multi.parts)} hosts, {where})")
     parts = [("underlay (the network between the hosts, on this machine)", multi.underlay)] if multi.underlay else []
-    parts += [(f"host {part.host.name} ({part.netns})", part.plan) for part in multi.parts]
+    parts += [(f"host {part.host.name} ({part.netns or part.host.reach})", part.plan) for part in multi.parts]
     for title, plan in parts:
         typer.echo(f"# {title}: {len(plan.steps)} steps")
         for step in plan.steps:
@@ -148,24 +149,53 @@ def _print_hosts(multi, as_json: bool) -> None:
             typer.echo(f"     {step.command}")
 
 
-def _up_hosts(multi, verify: bool, refused: dict) -> None:
-    """`up` of a lab of several hosts (netlab.run.multi): all of them, or none; then its checks, if asked."""
+def _up_hosts(multi, verify: bool, refused: dict, ssh_opts: List[str], yes: bool) -> None:
+    """`up` of a lab of several hosts (netlab.run.multi): all of them, or none; then its checks, if asked.
+    Outside a sandbox, at most one host is this machine, and its own network is asked for as in `up`."""
     from netlab.run import multi as hosts
     from netlab.run.progress import TerminalReporter
 
     for option, given in refused.items():
         if given:
             raise InputError(f"{option} is not for a lab of several hosts, for now", None, option)
-    outcome = hosts.up(multi, reporter_for=lambda label: TerminalReporter(label=label))
-    typer.echo(outcome.summary)
-    if not verify:
-        return
-    from netlab.check.verify import run_checks
-
-    if _report_checks(multi.name, run_checks(multi.checks), as_json=False):
-        return
-    hosts.down(multi.name, reporter_for=lambda label: TerminalReporter(label=label))
+    here = [part for part in multi.parts if part.host.reach == "local"] if multi.sandbox is None else []
+    if len(here) > 1:
+        raise InputError(f"hosts {' and '.join(part.host.name for part in here)} are both this machine (reach: local); "
+                         "give each its own reach ([USER@]HOST[:PORT]), or run the lab in a sandbox (--sandbox)")
+    if here and not yes and sys.stdin.isatty() and sys.stdout.isatty():
+        _confirm_real_host(here[0].plan, None, None)
+    record = multi.record()
+    with _lab_executors(record, ssh_opts) as found:
+        outcome = hosts.up(multi, found, reporter_for=lambda label: TerminalReporter(label=label))
+        typer.echo(outcome.summary)
+        if not verify or _report_checks(multi.name, _lab_checks(record, found), as_json=False):
+            return
+        hosts.down(record, found, reporter_for=lambda label: TerminalReporter(label=label))
     raise NetlabError("a check failed; rolled back: every host is as it was")
+
+
+def _lab_executors(record: dict, ssh_opts: List[str]):
+    """The executor of each host of a lab of several hosts' RECORD (netlab.remote.hosts), in a `with`."""
+    from netlab.remote.hosts import executors
+
+    return executors([(part["host"], part["reach"]) for part in record["hosts"]], record["sandbox"] is not None,
+                     ssh_opts)
+
+
+def _lab_checks(record: dict, found: dict) -> list:
+    """The checks of a lab of several hosts, each run on its host (in a sandbox: all here), in the lab's order."""
+    from netlab.check.verify import run_checks
+    from netlab.render.plan import LabCheck
+    from netlab.run.execute import local_executor
+
+    checks = record["checks"]
+    results = [None] * len(checks)
+    for host in dict.fromkeys(check.get("host") for check in checks):
+        mine = [i for i, check in enumerate(checks) if check.get("host") == host]
+        executor = found.get(host) or local_executor()
+        for i, result in zip(mine, run_checks([LabCheck.from_dict(checks[i]) for i in mine], executor)):
+            results[i] = result
+    return results
 
 
 @app.command("labs")
@@ -340,7 +370,7 @@ def up_command(
     plan = _make_plan(target, sandbox, assignments, host_netns, several_hosts=True)
     if _several_hosts(plan):
         _up_hosts(plan, verify, {"--step-by-step": step_by_step, "--to": to is not None, "--check": check,
-                                 "--remote": remote is not None})
+                                 "--remote": remote is not None}, ssh_opts, yes)
         return
     with _host(remote, ssh_opts) as executor:
         executor.admit(plan)  # an ordinary user's real-host lab is refused before any question
@@ -411,10 +441,12 @@ def down_command(
     if remote is None:
         from netlab.run import multi
 
-        if multi.read_record(name) is not None:  # a lab of several hosts: every one of them
+        record = multi.read_record(name)
+        if record is not None:  # a lab of several hosts: every one of them
             if step_by_step:
                 raise InputError("--step-by-step is not for a lab of several hosts, for now", None, "--step-by-step")
-            typer.echo(multi.down(name, reporter_for=lambda label: TerminalReporter(label=label)).summary)
+            with _lab_executors(record, ssh_opts) as found:
+                typer.echo(multi.down(record, found, reporter_for=lambda label: TerminalReporter(label=label)).summary)
             return
     with _host(remote, ssh_opts) as executor, TerminalReporter() as reporter:
         outcome = down(name, reporter=reporter, executor=executor, step_by_step=step_by_step)
@@ -439,6 +471,18 @@ def status_command(
 
     Example: netlab status --remote vagrant:default
     """
+    from netlab.run import multi
+
+    record = multi.read_record(name) if remote is None and name is not None else None
+    if record is not None:  # a lab of several hosts: each part, where it runs
+        from netlab.check import status
+        from netlab.run.execute import local_executor
+
+        with _lab_executors(record, ssh_opts) as hosts:
+            found = [status.lab_steps(part["journal"], executor=hosts.get(part["host"]) or local_executor())
+                     for part in multi.parts(record)]
+        _print_steps(found, as_json, {"name": name, "lab": record["lab"]})
+        return
     with _host(remote, ssh_opts) as executor:
         _status(name, as_json, executor)
 
@@ -457,14 +501,17 @@ def _status(name: Optional[str], as_json: bool, executor) -> None:
             for row in [("NAME", "STATE", "STEPS", "LAB")] + rows:
                 typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
         return
-    from netlab.run import multi
+    _print_steps([status.lab_steps(name, executor=executor)], as_json)
 
-    record = multi.read_record(name) if executor.remote is None else None
-    parts = multi.part_names(record) if record is not None else [name]  # a lab of several hosts: each part
-    found = [status.lab_steps(part, executor=executor) for part in parts]
+
+def _print_steps(found, as_json: bool, lab: Optional[dict] = None) -> None:
+    """`status NAME`: each (summary, step states) of FOUND, a lab's, or (with LAB, a lab of several
+    hosts') each part's; exit 1 when a step is missing or not applied."""
+    from netlab.check import status
+
     if as_json:
         shown = [{**summary.to_dict(), "steps": [step.to_dict() for step in steps]} for summary, steps in found]
-        _print_json(shown[0] if record is None else {"name": name, "lab": record["lab"], "parts": shown})
+        _print_json(shown[0] if lab is None else {**lab, "parts": shown})
     for summary, steps in [] if as_json else found:
         typer.echo(f"{summary.name}: lab {summary.lab}, {summary.state}, plan {summary.digest}, "
                    f"since {summary.created}")
@@ -514,13 +561,13 @@ def verify_command(
     from netlab.check.verify import lab_checks, run_checks
 
     if remote is None:
-        from netlab.render.plan import LabCheck
         from netlab.run import multi
 
         record = multi.read_record(name)
-        if record is not None:  # a lab of several hosts: its checks, from wherever they run
-            checks = [LabCheck.from_dict(check) for check in record["checks"]]
-            if not _report_checks(name, run_checks(checks), as_json):
+        if record is not None:  # a lab of several hosts: its checks, each from the host it runs on
+            with _lab_executors(record, ssh_opts) as found:
+                passed = _report_checks(name, _lab_checks(record, found), as_json)
+            if not passed:
                 raise typer.Exit(EXIT_FAILED)
             return
     with _host(remote, ssh_opts) as executor:
@@ -730,11 +777,18 @@ def exec_command(
         sides = record["sides"]
         if netns not in sides:
             raise InputError(f"{netns!r} is not a side of {name} (its sides: {', '.join(sorted(sides))})", None, "NS")
-        if shutil.which(command[0]) is None:
-            raise InputError(f"{command[0]}: command not found", None, "COMMAND")
-        from netlab.run.execute import local_executor
+        host, real = sides[netns]
+        with _lab_executors(record, ssh_opts) as found:
+            executor = found.get(host)
+            if executor is not None and executor.remote is not None:
+                argv = executor.interactive_argv(command, real, sys.stdin.isatty())
+            else:
+                if shutil.which(command[0]) is None:
+                    raise InputError(f"{command[0]}: command not found", None, "COMMAND")
+                from netlab.run.execute import local_executor
 
-        _exec(local_executor().command_line(tuple(command), sides[netns], None)[0])
+                argv = local_executor().command_line(tuple(command), real, None)[0]
+        _exec(argv)
     with _host(remote, ssh_opts) as executor:
         record, _ = read_lab(name, action="exec", executor=executor)
         real = resolve_netns(record, netns)

@@ -210,14 +210,19 @@ class SshHost:
     """A running sshd in `server_netns`, and what a client in `client_netns` needs to reach it."""
 
     def __init__(self, prefix: str, port: int = DEFAULT_PORT, port_in_config: bool = True,
-                 use_pam: Optional[bool] = None):
+                 use_pam: Optional[bool] = None, address: str = SERVER_ADDRESS, client_address: str = CLIENT_ADDRESS,
+                 client_netns: Optional[str] = None, link_suffix: str = ""):
+        """CLIENT_NETNS: another host's client namespace, to reach this one from as well (this
+        host then makes and deletes only its server namespace; give it addresses on a subnet of
+        its own, and a LINK_SUFFIX for its link's names there)."""
         self.prefix = prefix
         self.server_netns = f"{prefix}-srv"
-        self.client_netns = f"{prefix}-cli"
-        self.address = SERVER_ADDRESS
-        self.client_address = CLIENT_ADDRESS
-        self.server_if = SERVER_IF
-        self.client_if = CLIENT_IF
+        self.client_netns = client_netns or f"{prefix}-cli"
+        self._own_client = client_netns is None
+        self.address = address
+        self.client_address = client_address
+        self.server_if = SERVER_IF + link_suffix
+        self.client_if = CLIENT_IF + link_suffix
         self.port = int(port)
         self.user = "root"
         self.port_in_config = port_in_config
@@ -391,7 +396,7 @@ class SshHost:
         return self
 
     def _make_network(self) -> None:
-        for name in (self.server_netns, self.client_netns):
+        for name in (self.server_netns, self.client_netns) if self._own_client else (self.server_netns,):
             sh("ip", "netns", "add", name, check=True)
             self._made_netns.append(name)
         client, server = ("ip", "-n", self.client_netns), ("ip", "-n", self.server_netns)

@@ -11,7 +11,11 @@ done, at five exact points, is taken down whole; the exported scripts (one
 per part, run without netlab) build, check and remove the same lab; a real
 conflict on the second host (there already, with a bridge called like the
 veth it creates) rolls the first host and the underlay back too, and leaves
-the second as it was.
+the second as it was. And on two real hosts over SSH (two OpenSSH servers of
+tests/sshd.py, each in a namespace of its own, their underlay routed by the
+client's namespace): the same lab up and verified, UDP 4789 on the underlay,
+`down` leaving both hosts byte for byte as they were, and a conflict on the
+second rolling the first back.
 """
 
 from __future__ import annotations
@@ -69,9 +73,14 @@ def test_a_misplaced_lab_is_one_line_and_exit_2(tmp_path, state_dir, change, sai
     assert said in refused(tmp_path, state_dir, change)
 
 
-def test_a_lab_of_hosts_runs_in_sandbox_mode_for_now(state_dir):
-    result = netlab_cli(state_dir, "plan", LAB)
-    assert result.returncode == 2 and "runs in sandbox mode for now (--sandbox)" in result.stderr
+def test_without_a_sandbox_each_host_s_plan_is_for_that_machine(state_dir):
+    result = netlab_cli(state_dir, "plan", LAB, "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["underlay"] is None and [part["reach"] for part in plan["hosts"]] == ["local", "local"]
+    commands = {part["host"]: [step["command"] for step in part["steps"]] for part in plan["hosts"]}
+    assert "ip link add vxlan100 type vxlan id 100 local 192.0.2.12 remote 192.0.2.11 dstport 4789" in commands["b"]
+    assert "ip netns add ns1" in commands["a"] and "ip netns add ns1" not in commands["b"]
 
 
 def test_plan_shows_each_host_its_steps_and_the_vxlan_device_in_ip_s_words(state_dir):
@@ -101,7 +110,7 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert f"{sandbox_prefix} is up on 2 hosts" in result.stdout
         assert "2 of 2 checks passed" in result.stdout
-        assert captured_vxlan(sandbox_prefix)
+        assert captured_vxlan(f"{sandbox_prefix}-wan", "underlay", f"{sandbox_prefix}-ns1")
         assert (state_dir / f"{sandbox_prefix}.lab").exists()
         status = netlab_cli(state_dir, "status", sandbox_prefix)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -121,10 +130,11 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
         netlab_cli(state_dir, "down", sandbox_prefix)
 
 
-def captured_vxlan(prefix: str) -> str:
-    """What tcpdump on the underlay's switch sees of UDP 4789 while ns1 pings ns2 across it."""
-    capture = subprocess.Popen(["ip", "netns", "exec", f"{prefix}-wan", "tcpdump", "--immediate-mode", "-n", "-l",
-                                "-i", "underlay", "-c", "2", "udp", "port", "4789"],
+def captured_vxlan(netns: str, iface: str, pinger: str) -> str:
+    """What tcpdump on IFACE of the underlay (in NETNS) sees of UDP 4789 while PINGER (ns1's real
+    namespace) pings ns2 across it: two packets of it, or the test fails."""
+    capture = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "--immediate-mode", "-n", "-l",
+                                "-i", iface, "-c", "2", "udp", "port", "4789"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         said = ""
@@ -132,7 +142,7 @@ def captured_vxlan(prefix: str) -> str:
             line = capture.stderr.readline()
             assert line, f"tcpdump ended before it listened: {said}"
             said += line
-        ping = sh("ip", "netns", "exec", f"{prefix}-ns1", "ping", "-c", "3", "-W", "2", "10.60.0.2")
+        ping = sh("ip", "netns", "exec", pinger, "ping", "-c", "3", "-W", "2", "10.60.0.2")
         assert ping.returncode == 0, ping.stdout + ping.stderr
         out, _ = capture.communicate(timeout=30)
     finally:
@@ -244,3 +254,105 @@ def test_the_exported_scripts_bring_the_lab_up_on_both_hosts_check_it_and_take_i
         for part in parts[1:] + parts[:1]:
             subprocess.run(["bash", str(out / f"{part}.sh"), "down"], capture_output=True, env=env,
                            stdin=subprocess.DEVNULL, timeout=300)
+
+
+# ---------------------------------------------------------------- two real hosts over SSH, as root
+@pytest.fixture
+def two_ssh_hosts(sandbox_prefix, tmp_path):
+    """Hosts a and b: each an sshd in a namespace of its own (tests/sshd.py), both reached from one
+    client namespace, which routes between them (their underlay); and one ssh_config for both."""
+    from sshd import SshHost, require_openssh
+
+    require_openssh()
+    first, second = SshHost(f"{sandbox_prefix}-sa"), None
+    try:
+        first.start()
+        second = SshHost(f"{sandbox_prefix}-sb", address="198.51.100.2", client_address="198.51.100.1",
+                         client_netns=first.client_netns, link_suffix="b").start()
+        sh("ip", "netns", "exec", first.client_netns, "sysctl", "-w", "net.ipv4.ip_forward=1", check=True)
+        sh("ip", "-n", first.server_netns, "route", "add", "198.51.100.0/24", "via", first.client_address, check=True)
+        sh("ip", "-n", second.server_netns, "route", "add", "192.0.2.0/24", "via", second.client_address, check=True)
+        config = tmp_path / "ssh_config"
+        config.write_text(first.ssh_config.read_text() + second.ssh_config.read_text())
+        yield first, second, config
+    finally:
+        if second is not None:
+            second.close()
+        first.close()
+
+
+def real_lab(tmp_path, prefix: str, first, second) -> Path:
+    """LAB on the two sshd hosts, its namespaces named under PREFIX (they are ordinary namespaces here)."""
+    names = {"ns1": f"{prefix}-ns1", "ns2": f"{prefix}-ns2"}
+
+    def change(data):
+        data["hosts"] = {"a": {"address": first.address, "reach": first.remote},
+                         "b": {"address": second.address, "reach": second.remote}}
+        for raw in data["steps"] + data["checks"]:
+            for key in ("netns", "move_to", "from"):
+                if raw.get(key) in names:
+                    raw[key] = names[raw[key]]
+
+    return lab_with(tmp_path, change)
+
+
+def host_state(netns: str) -> list:
+    """What a host's own namespace holds: links, IPv4 addresses and routes (IPv6 link-local ones come
+    and change state on their own), and rules."""
+    return [sh("ip", "-n", netns, *words, check=True).stdout for words in
+            (("-d", "-o", "link", "show"), ("-4", "-o", "addr", "show"), ("-4", "route", "show", "table", "all"))] + \
+        [sh("ip", "netns", "exec", netns, "iptables-save", check=True).stdout.count("\n-A")]
+
+
+def over_ssh(host, config, state_dir, *args, timeout=300) -> subprocess.CompletedProcess:
+    """netlab ARGS in the hosts' client namespace, with the ssh_config CONFIG for both hosts."""
+    return host.client_run([sys.executable, "-m", "netlab", *map(str, args), "--ssh-opt=-F", f"--ssh-opt={config}"],
+                           env={**os.environ, "NETLAB_STATE_DIR": str(state_dir)}, timeout=timeout)
+
+
+@pytest.mark.root
+def test_two_real_hosts_over_ssh_carry_ping_and_http_over_vxlan_and_down_restores_both(two_ssh_hosts, state_dir,
+                                                                                        sandbox_prefix, tmp_path):
+    first, second, config = two_ssh_hosts
+    lab = real_lab(tmp_path, sandbox_prefix, first, second)
+    before = [host_state(host.server_netns) for host in (first, second)]
+    try:
+        result = over_ssh(first, config, state_dir, "up", lab, "--verify")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "two-hosts is up on 2 hosts" in result.stdout and "2 of 2 checks passed" in result.stdout
+        for host in (first, second):  # each host's journal is on that host, the lab record here
+            assert (host.remote_state_dir / "two-hosts.journal").exists()
+        assert (state_dir / "two-hosts.lab").exists()
+        assert captured_vxlan(first.client_netns, first.client_if, f"{sandbox_prefix}-ns1")  # the underlay's router
+        status = over_ssh(first, config, state_dir, "status", "two-hosts")
+        assert status.returncode == 0, status.stdout + status.stderr
+        result = over_ssh(first, config, state_dir, "down", "two-hosts")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert [host_state(host.server_netns) for host in (first, second)] == before
+        assert not [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-ns")]
+        assert not list(state_dir.glob("two-hosts*"))
+        for host in (first, second):
+            assert not list(host.remote_state_dir.glob("two-hosts*"))
+    finally:
+        over_ssh(first, config, state_dir, "down", "two-hosts")
+
+
+@pytest.mark.root
+def test_a_real_conflict_on_the_second_ssh_host_rolls_the_first_back_byte_for_byte(two_ssh_hosts, state_dir,
+                                                                                   sandbox_prefix, tmp_path):
+    first, second, config = two_ssh_hosts
+    lab = real_lab(tmp_path, sandbox_prefix, first, second)
+    sh("ip", "-n", second.server_netns, "link", "add", "veth2", "type", "bridge", check=True)  # b's veth's name
+    before = [host_state(host.server_netns) for host in (first, second)]
+    try:
+        result = over_ssh(first, config, state_dir, "up", lab)
+        assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith("netlab: error: host b: two-hosts: step 3 of 12 failed: ip link add veth2 type veth "
+                                "peer name ceth2: ") and error.endswith("every host rolled back: all is as it was"), error
+        assert "a: [13/13]" in result.stdout  # host a was all up, and is down again
+        assert [host_state(host.server_netns) for host in (first, second)] == before
+        assert not [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-ns")]
+        assert not list(state_dir.glob("two-hosts*"))
+    finally:
+        over_ssh(first, config, state_dir, "down", "two-hosts")

@@ -2,7 +2,9 @@
 
 netlab.model.hosts splits the lab into one topology per host; each is rendered
 here like any lab (netlab.render.plan), so a host's plan is the exact commands
-that host runs, VXLAN devices included. In sandbox mode every host is a
+that host runs, VXLAN devices included. Without a sandbox, each host's plan is
+for the machine the lab names (its journal there is called as the lab is),
+and the lab's own underlay addresses are the VXLAN devices'. In sandbox mode every host is a
 namespace of its own, PREFIX-HOST, and the hosts' uplinks (`ens3`, as in a
 one-host sandbox) meet on one bridge in the emulated underlay PREFIX-wan
 (203.0.113.0/24, with the sandbox's internet host 198.51.100.1): the hosts'
@@ -45,7 +47,8 @@ class MultiPlan:
     parts: Tuple[HostPlan, ...]
     underlay: Optional[Plan] = None  # in a sandbox: the hosts' namespaces and the network between them
     checks: Tuple[LabCheck, ...] = ()
-    sides: Tuple[Tuple[str, str], ...] = ()  # (as the lab names it, the real namespace): hosts, namespaces, internet
+    check_hosts: Tuple[str, ...] = ()  # the host each check runs on: its namespace's, or the host it names
+    sides: Tuple[Tuple[str, Optional[str], Optional[str]], ...] = ()  # (as the lab names it, its host, the namespace)
 
     @property
     def digest(self) -> str:
@@ -63,8 +66,8 @@ class MultiPlan:
             "underlay": self.underlay.name if self.underlay else None,
             "hosts": [{"host": part.host.name, "reach": part.host.reach, "journal": part.plan.name, "netns": part.netns}
                       for part in self.parts],
-            "checks": [check.to_dict() for check in self.checks],
-            "sides": dict(self.sides),
+            "checks": [{**check.to_dict(), "host": host} for check, host in zip(self.checks, self.check_hosts)],
+            "sides": {name: [host, netns] for name, host, netns in self.sides},
         }
 
     def to_dict(self) -> dict:
@@ -84,13 +87,18 @@ def underlay_address(index: int) -> ipaddress.IPv4Interface:
 def build_multi(topology: Topology, sandbox: Optional[str]) -> MultiPlan:
     """The plans of a lab with hosts (netlab.model.hosts): with SANDBOX (a prefix, "" for the
     lab's default), every host in a namespace of one machine; without, on the hosts it names."""
-    from netlab.errors import InputError
-
     placement = topology.placement
+    homes = {item.name: host for item, host in zip(topology.steps, placement.of_step) if isinstance(item, Netns)}
+    hosts = [host.name for host in placement.hosts]
+    check_hosts = tuple(homes.get(check.source, check.source) for check in topology.checks)
     if sandbox is None:
-        raise InputError("a lab of several hosts runs in sandbox mode for now (--sandbox): each host a namespace "
-                         "of this machine, joined by an emulated underlay; across real machines: not yet",
-                         topology.source, "--sandbox")
+        parts = tuple(HostPlan(host, dataclasses.replace(build_plan(part, None), checks=()))
+                      for host, part in zip(placement.hosts, split(topology, placement).values()))
+        real = {name: None for name in hosts}  # a host's own side: its root namespace
+        checks = tuple(_place(check, None, None, lambda name: real.get(name, name)) for check in topology.checks)
+        sides = tuple((name, name, None) for name in hosts) + tuple((name, homes[name], name)
+                                                                   for name in topology.namespaces)
+        return MultiPlan(topology.name, topology.title, topology.name, None, parts, None, checks, check_hosts, sides)
     prefix = Sandbox.create(sandbox, topology.name, topology.namespaces).prefix
     box = Sandbox(prefix)
     for host in placement.hosts:
@@ -105,9 +113,10 @@ def build_multi(topology: Topology, sandbox: Optional[str]) -> MultiPlan:
     underlay = build_plan(Topology(topology.name, f"{topology.title} (the underlay)", topology.document, (),
                                    underlay_items(box, placement.hosts), ()), None)
     checks = tuple(_place(check, box, None, box.netns) for check in topology.checks)
-    sides = tuple((name, box.netns(name)) for name in (*addresses, *topology.namespaces)) + (("internet", box.wan),)
+    sides = tuple((name, name, box.netns(name)) for name in hosts) + tuple(
+        (name, homes[name], box.netns(name)) for name in topology.namespaces) + (("internet", None, box.wan),)
     return MultiPlan(topology.name, topology.title, prefix, prefix, tuple(parts),
-                     dataclasses.replace(underlay, name=f"{prefix}-underlay"), checks, sides)
+                     dataclasses.replace(underlay, name=f"{prefix}-underlay"), checks, check_hosts, sides)
 
 
 def underlay_items(box: Sandbox, hosts: Tuple[Host, ...]):

@@ -2,7 +2,9 @@
 
 A multi-host lab (netlab.render.multi) is brought up as its parts: in a
 sandbox, the underlay first, then every host's plan side by side, each by
-the ordinary runner (netlab.run.runner) with its own journal and lock. Before
+the ordinary runner (netlab.run.runner) with its own journal and lock, on
+the executor it is given for its host (this machine's, or one over SSH:
+netlab.remote.hosts opens them), so a remote host's journal is on it. Before
 anything runs, a lab record, NAME.lab in the state directory of the machine
 that runs `up`, names every part and its journal, so `down NAME` finds them
 all, also after `up` was killed. If any part fails, every part is taken down
@@ -17,9 +19,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from netlab.errors import InputError, NetlabError
+from netlab.run.execute import Executor, local_executor
 from netlab.run.runner import Outcome, Reporter, _parallel
 from netlab.run.store import read_trusted, replace_file, state_dir, write_new
 
@@ -42,16 +45,19 @@ def read_record(name: str, directory=None) -> Optional[dict]:
                           f"{name}-underlay and {name}-HOST: `netlab down` each") from None
 
 
-def part_names(record: dict) -> List[str]:
-    """The journals of a lab record's parts: the underlay's (in a sandbox), then each host's."""
-    return ([record["underlay"]] if record.get("underlay") else []) + [part["journal"] for part in record["hosts"]]
+def parts(record: dict) -> List[dict]:
+    """A lab record's parts, each {host, journal, reach}: the underlay (in a sandbox), then each host."""
+    return ([_underlay(record)] if record.get("underlay") else []) + record["hosts"]
 
 
-def up(multi, state_dir_path=None, reporter_for: Optional[Callable[[str], Reporter]] = None) -> Outcome:
-    """Bring every part of MULTI up, or (after a failure) none of them."""
+def up(multi, executors: Dict[str, Executor], state_dir_path=None,
+       reporter_for: Optional[Callable[[str], Reporter]] = None) -> Outcome:
+    """Bring every part of MULTI up (each host's with EXECUTORS[host]), or (after a failure) none of them."""
     from netlab.run.runner import down as down_part, up as up_part
 
     reporter_for = reporter_for or (lambda label: Reporter())
+    if any(executor.rootless for executor in executors.values()):
+        raise InputError("a lab of several hosts runs as root on this machine, for now (rootless: not yet)")
     path = record_path(multi.name, state_dir_path)
     existing = read_record(multi.name, state_dir_path)
     if existing is not None and existing.get("digest") != multi.digest:
@@ -59,31 +65,34 @@ def up(multi, state_dir_path=None, reporter_for: Optional[Callable[[str], Report
                          f"first: netlab down {multi.name}")
     if existing is None:
         write_new(path, json.dumps(multi.record()) + "\n")
-    done: List[str] = []  # the parts that are up: what a failure takes down again
+    record = multi.record()
+    done: List[dict] = []  # the parts that are up: what a failure takes down again
     timings = {}  # part -> [start, end], seconds since the epoch: did the hosts run side by side?
     try:
         if multi.underlay is not None:
             timings["underlay"] = [time.time()]
-            up_part(multi.underlay, state_dir_path, reporter_for("underlay"))
+            up_part(multi.underlay, state_dir_path, reporter_for("underlay"), local_executor())
             timings["underlay"].append(time.time())
-            done.append(multi.underlay.name)
+            done.append(_underlay(record))
 
-        def one(part):
+        def one(pair):
+            part, entry = pair
+            executor = executors[part.host.name]
             timings[part.host.name] = [time.time()]
             try:
-                up_part(part.plan, state_dir_path, reporter_for(part.host.name))
+                up_part(part.plan, _state_dir(executor, state_dir_path), reporter_for(part.host.name), executor)
             except BaseException as error:  # noqa: BLE001 - told once every part has ended
                 return error
             timings[part.host.name].append(time.time())
-            done.append(part.plan.name)
+            done.append(entry)
             return None
 
-        errors = _parallel(one, multi.parts, len(multi.parts))
+        errors = _parallel(one, list(zip(multi.parts, record["hosts"])), len(multi.parts))
         failed = [(part.host.name, error) for part, error in zip(multi.parts, errors) if error is not None]
         if failed:
             raise _PartFailed(*failed[0])
     except BaseException as error:
-        left = _take_down(multi.name, done, state_dir_path, reporter_for, down_part)
+        left = _take_down(done, executors, state_dir_path, reporter_for, down_part)
         if not left:
             path.unlink(missing_ok=True)
         cause = error.error if isinstance(error, _PartFailed) else error
@@ -95,10 +104,20 @@ def up(multi, state_dir_path=None, reporter_for: Optional[Callable[[str], Report
         failure = NetlabError(f"{where}: {cause}; {after}")
         failure.exit_code = cause.exit_code  # bad input on a host is still bad input
         raise failure from None
-    replace_file(path, json.dumps({**multi.record(), "timings": timings}) + "\n")
+    replace_file(path, json.dumps({**record, "timings": timings}) + "\n")
     total = sum(len(part.plan.steps) for part in multi.parts) + (len(multi.underlay.steps) if multi.underlay else 0)
     hosts_said = ", ".join(f"{part.host.name} ({len(part.plan.steps)} steps)" for part in multi.parts)
     return Outcome(multi.name, total, 0, f"{multi.name} is up on {len(multi.parts)} hosts: {hosts_said}")
+
+
+def _underlay(record: dict) -> dict:
+    """The underlay as a part of RECORD: it runs on this machine."""
+    return {"host": "underlay", "journal": record["underlay"], "reach": "local"}
+
+
+def _state_dir(executor: Executor, local):
+    """Where a part's journal lives: this machine's state directory, or the remote host's own."""
+    return local if executor.remote is None else None
 
 
 class _PartFailed(Exception):
@@ -107,37 +126,38 @@ class _PartFailed(Exception):
         self.host, self.error = host, error
 
 
-def _take_down(lab: str, names: List[str], state_dir_path, reporter_for, down_part) -> List[str]:
-    """Take the parts NAMES of the lab LAB down, the hosts side by side, then the underlay; the
-    ones that could not be."""
-    underlay = [name for name in names if name == f"{lab}-underlay"]
-    hosts = [name for name in names if name not in underlay]
+def _take_down(parts: List[dict], executors: Dict[str, Executor], state_dir_path, reporter_for, down_part
+               ) -> List[str]:
+    """Take the PARTS (record entries) down, the hosts side by side, then the underlay (which holds
+    the hosts' namespaces in a sandbox); the journals of the ones that could not be."""
+    underlay = [part for part in parts if part["host"] == "underlay"]
+    hosts = [part for part in parts if part["host"] != "underlay"]
 
-    def one(name):
+    def one(part):
+        executor = local_executor() if part["host"] == "underlay" else executors[part["host"]]
         try:
-            down_part(name, state_dir_path, reporter_for(name[len(lab) + 1:]), exact=True)
+            down_part(part["journal"], _state_dir(executor, state_dir_path), reporter_for(part["host"]), executor,
+                      exact=True)
         except NetlabError:
-            return name
+            return part["journal"]
         return None
 
     left = [name for name in _parallel(one, hosts, max(len(hosts), 1)) if name]
     if left:  # the underlay carries the hosts' namespaces: it stays while a host is up
-        return left + underlay
+        return left + [part["journal"] for part in underlay]
     return [name for name in map(one, underlay) if name]
 
 
-def down(name: str, state_dir_path=None, reporter_for: Optional[Callable[[str], Reporter]] = None) -> Outcome:
-    """Take every part of the multi-host lab NAME down (each part's journal says what it did)."""
+def down(record: dict, executors: Dict[str, Executor], state_dir_path=None,
+         reporter_for: Optional[Callable[[str], Reporter]] = None) -> Outcome:
+    """Take every part of the lab RECORD names down (each part's journal says what it did)."""
     from netlab.run.runner import down as down_part
 
     reporter_for = reporter_for or (lambda label: Reporter())
-    record = read_record(name, state_dir_path)
-    if record is None:
-        return Outcome(name, 0, 0, f"{name} is not up; nothing to do")
-    names = part_names(record)
-    left = _take_down(name, names, state_dir_path, reporter_for, down_part)
+    name = record["name"]
+    left = _take_down(parts(record), executors, state_dir_path, reporter_for, down_part)
     if left:
         raise NetlabError(f"{name}: could not take down {', '.join(left)} (above); the lab record is kept: run "
                           f"`netlab down {name}` again")
     record_path(name, state_dir_path).unlink(missing_ok=True)
-    return Outcome(name, len(names), 0, f"{name} is down on {len(record['hosts'])} hosts")
+    return Outcome(name, len(parts(record)), 0, f"{name} is down on {len(record['hosts'])} hosts")
