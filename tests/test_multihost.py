@@ -101,6 +101,18 @@ def test_plan_shows_each_host_its_steps_and_the_vxlan_device_in_ip_s_words(state
     assert text.index("# underlay") < text.index("# host a") < text.index("# host b")
 
 
+def test_the_vagrant_lab_joins_lab1_and_lab2_over_their_private_network(state_dir):
+    vms = HERE / "labs" / "two-vms.yaml"
+    for args, subnet in (((), "192.168.56"), (("--set", "subnet=10.56.0"), "10.56.0")):
+        result = netlab_cli(state_dir, "plan", vms, "--json", *args)
+        assert result.returncode == 0, result.stderr
+        plan = json.loads(result.stdout)
+        assert [(part["host"], part["reach"]) for part in plan["hosts"]] == [("lab1", "vagrant:lab1"),
+                                                                             ("lab2", "vagrant:lab2")]
+        commands = [step["command"] for step in plan["hosts"][0]["steps"]]
+        assert f"ip link add vxlan100 type vxlan id 100 local {subnet}.11 remote {subnet}.12 dstport 4789" in commands
+
+
 # ---------------------------------------------------------------- live, as root
 @pytest.mark.root
 def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_leaves_nothing(state_dir,
@@ -126,6 +138,18 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
         assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
         assert not list(state_dir.glob(f"{sandbox_prefix}*"))
         assert netlab_cli(state_dir, "down", sandbox_prefix).returncode == 0  # not up: nothing to do
+    finally:
+        netlab_cli(state_dir, "down", sandbox_prefix)
+
+
+@pytest.mark.root
+def test_the_vagrant_lab_in_a_sandbox_passes_its_checks_and_goes(state_dir, sandbox_prefix):
+    try:
+        result = netlab_cli(state_dir, "up", HERE / "labs" / "two-vms.yaml", "--sandbox", sandbox_prefix, "--verify")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "2 of 2 checks passed" in result.stdout
+        assert netlab_cli(state_dir, "down", sandbox_prefix).returncode == 0
+        assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
     finally:
         netlab_cli(state_dir, "down", sandbox_prefix)
 

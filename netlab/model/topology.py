@@ -512,7 +512,8 @@ def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] =
     overridden = overrides or {}
     from netlab.model import hosts as multi  # it builds on this module's parsers
 
-    lab_hosts = multi.parse_hosts(fail, data["hosts"]) if multi.has_hosts(data) else ()
+    lab_hosts = multi.parse_hosts(fail, _substitute(fail, "hosts", data["hosts"], params)) if multi.has_hosts(data) \
+        else ()
     if lab_hosts and is_nodes_form(data):
         raise fail("hosts", "a lab of several hosts is written in the step form, for now (steps, each with its host)")
     if lab_hosts:  # each step's host taken out first (a vxlan step parsed there: it spans two)
