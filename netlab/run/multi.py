@@ -93,6 +93,8 @@ def up(multi, executors: Dict[str, Executor], state_dir_path=None,
             raise _PartFailed(*failed[0])
     except BaseException as error:
         left = _take_down(done, executors, state_dir_path, reporter_for, down_part)
+        left += [entry["journal"] for entry in parts(record) if entry not in done
+                 and _journal_left(entry, executors, state_dir_path)]  # a failed part that could not roll back
         if not left:
             path.unlink(missing_ok=True)
         cause = error.error if isinstance(error, _PartFailed) else error
@@ -113,6 +115,16 @@ def up(multi, executors: Dict[str, Executor], state_dir_path=None,
 def _underlay(record: dict) -> dict:
     """The underlay as a part of RECORD: it runs on this machine."""
     return {"host": "underlay", "journal": record["underlay"], "reach": "local"}
+
+
+def _journal_left(entry: dict, executors: Dict[str, Executor], state_dir_path) -> bool:
+    """Whether the part ENTRY still has a journal (its up failed and did not roll all back, or its
+    host cannot be asked): then the lab record stays, for `down` to finish."""
+    executor = local_executor() if entry["host"] == "underlay" else executors[entry["host"]]
+    try:
+        return executor.state_store(_state_dir(executor, state_dir_path)).read(entry["journal"]) is not None
+    except NetlabError:
+        return True
 
 
 def _state_dir(executor: Executor, local):
