@@ -168,7 +168,9 @@ def _up_hosts(multi, verify: bool, refused: dict, ssh_opts: List[str], yes: bool
     with _lab_executors(record, ssh_opts) as found:
         outcome = hosts.up(multi, found, reporter_for=lambda label: TerminalReporter(label=label))
         typer.echo(outcome.summary)
-        if not verify or _report_checks(multi.name, _lab_checks(record, found), as_json=False):
+        from netlab.check.verify import host_checks
+
+        if not verify or _report_checks(multi.name, host_checks(record, found), as_json=False):
             return
         hosts.down(record, found, reporter_for=lambda label: TerminalReporter(label=label))
     raise NetlabError("a check failed; rolled back: every host is as it was")
@@ -180,22 +182,6 @@ def _lab_executors(record: dict, ssh_opts: List[str]):
 
     return executors([(part["host"], part["reach"]) for part in record["hosts"]], record["sandbox"] is not None,
                      ssh_opts)
-
-
-def _lab_checks(record: dict, found: dict) -> list:
-    """The checks of a lab of several hosts, each run on its host (in a sandbox: all here), in the lab's order."""
-    from netlab.check.verify import run_checks
-    from netlab.render.plan import LabCheck
-    from netlab.run.execute import local_executor
-
-    checks = record["checks"]
-    results = [None] * len(checks)
-    for host in dict.fromkeys(check.get("host") for check in checks):
-        mine = [i for i, check in enumerate(checks) if check.get("host") == host]
-        executor = found.get(host) or local_executor()
-        for i, result in zip(mine, run_checks([LabCheck.from_dict(checks[i]) for i in mine], executor)):
-            results[i] = result
-    return results
 
 
 @app.command("labs")
@@ -566,7 +552,9 @@ def verify_command(
         record = multi.read_record(name)
         if record is not None:  # a lab of several hosts: its checks, each from the host it runs on
             with _lab_executors(record, ssh_opts) as found:
-                passed = _report_checks(name, _lab_checks(record, found), as_json)
+                from netlab.check.verify import host_checks
+
+                passed = _report_checks(name, host_checks(record, found), as_json)
             if not passed:
                 raise typer.Exit(EXIT_FAILED)
             return
@@ -581,6 +569,7 @@ def verify_command(
 def doctor_command(
     name: str = typer.Argument(..., metavar="NAME", help=NAME_HELP),
     as_json: bool = typer.Option(False, "--json", help="JSON, for scripts."),
+    ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
     """Find why a lab does not work: each root cause in one line, with the command that fixes it.
 
@@ -594,9 +583,15 @@ def doctor_command(
 
     Example: sudo netlab doctor nl-ei
     """
-    from netlab.check.doctor import diagnose
+    from netlab.check.doctor import diagnose, diagnose_hosts
+    from netlab.run import multi
 
-    report = diagnose(name)
+    record = multi.read_record(name)
+    if record is not None:  # a lab of several hosts: every part, where it runs
+        with _lab_executors(record, ssh_opts) as found:
+            report = diagnose_hosts(record, found)
+    else:
+        report = diagnose(name)
     if as_json:
         _print_json(report.to_dict())
     else:

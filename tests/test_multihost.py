@@ -6,7 +6,7 @@ in the exact words of `ip link add ... type vxlan`. As root, in sandbox mode
 (each host a namespace of its own, their uplinks on one emulated underlay):
 tests/labs/two-hosts.yaml comes up, a ping and an HTTP fetch cross the VXLAN,
 a capture on the underlay shows UDP 4789, `status` and `exec` see every
-part, and `down` leaves nothing; `up` killed (SIGKILL) with both hosts half
+part, `doctor` names a VXLAN device set down and its fix, and `down` leaves nothing; `up` killed (SIGKILL) with both hosts half
 done, at five exact points, is taken down whole; the exported scripts (one
 per part, run without netlab) build, check and remove the same lab; a real
 conflict on the second host (there already, with a bridge called like the
@@ -133,6 +133,15 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
         assert across.returncode == 0, across.stdout + across.stderr
         nowhere = netlab_cli(state_dir, "exec", sandbox_prefix, "ns9", "--", "true")
         assert nowhere.returncode == 2 and "'ns9' is not a side of" in nowhere.stderr
+        sh("ip", "-n", f"{sandbox_prefix}-a", "link", "set", "vxlan100", "down", check=True)  # a's end of the segment
+        doctor = netlab_cli(state_dir, "doctor", sandbox_prefix)
+        assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+        causes = [line for line in doctor.stdout.splitlines() if line.startswith("cause: ")]
+        assert causes == [f"cause: {sandbox_prefix}-a: vxlan100 is down on the host; fix: ip netns exec "
+                          f"{sandbox_prefix}-a ip link set vxlan100 up"], doctor.stdout
+        sh("ip", "-n", f"{sandbox_prefix}-a", "link", "set", "vxlan100", "up", check=True)  # the fix, as said
+        doctor = netlab_cli(state_dir, "doctor", sandbox_prefix)
+        assert doctor.returncode == 0 and "no problem found" in doctor.stdout, doctor.stdout + doctor.stderr
         result = netlab_cli(state_dir, "down", sandbox_prefix)
         assert result.returncode == 0, result.stdout + result.stderr
         assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]

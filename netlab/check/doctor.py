@@ -87,13 +87,43 @@ def diagnose(name: str, state_dir=None, executor: Optional[Executor] = None) -> 
     drifted = bool(causes)
     for result in results:
         if result.ok is False:
-            for cause in _path(live, steps, result.check):
-                known = {command for earlier in causes for command in earlier.fix}
-                said = {earlier.summary for earlier in causes}
-                if cause.fix and set(cause.fix) <= known or not cause.fix and drifted or cause.summary in said:
-                    continue  # nothing new: an earlier cause covers it
-                causes.append(cause)
+            _add(causes, _path(live, steps, result.check), drifted)
     return Report(record.name, results, _yours(causes, live, record) if executor.rootless else causes)
+
+
+def diagnose_hosts(record: dict, executors: dict) -> Report:
+    """Doctor of a lab of several hosts (netlab.run.multi's RECORD): the lab's checks, each on its
+    host; every part's steps against its host's kernel (what went missing, what was never
+    applied); and for a check that fails, the causes on its path on the host it runs from.
+    Each cause says the part it is in; its fix is a command for that host."""
+    from netlab.check.verify import host_checks
+    from netlab.run.multi import parts
+
+    results = host_checks(record, executors)
+    causes: List[Cause] = []
+    journals = {}
+    for part in parts(record):
+        executor = executors.get(part["host"]) or local_executor()
+        found = diagnose(part["journal"], executor=executor)
+        causes += [dataclasses.replace(cause, summary=f"{part['journal']}: {cause.summary}") for cause in found.causes]
+        journals[part["host"]] = (read_lab(part["journal"], action="doctor", executor=executor)[0], executor)
+    drifted = bool(causes)
+    for check, result in zip(record["checks"], results):
+        if result.ok is False and check.get("host") in journals:
+            part, executor = journals[check["host"]]
+            _add(causes, [dataclasses.replace(cause, summary=f"{part.name}: {cause.summary}")
+                          for cause in causes_of(part, result.check, executor)], drifted)
+    return Report(record["name"], results, causes)
+
+
+def _add(causes: List[Cause], found: Sequence[Cause], drifted: bool) -> None:
+    """Add to CAUSES each of FOUND that says something new: a fix not already given, a summary not
+    already said; with DRIFTED (steps found missing), a cause with no fix of its own is their consequence."""
+    for cause in found:
+        known = {command for earlier in causes for command in earlier.fix}
+        if not (cause.fix and set(cause.fix) <= known or not cause.fix and drifted
+                or cause.summary in {earlier.summary for earlier in causes}):
+            causes.append(cause)
 
 
 def causes_of(record, check: LabCheck, executor: Optional[Executor] = None) -> List[Cause]:

@@ -163,6 +163,19 @@ def _connect_by_process(check: LabCheck, executor: Executor):
         return False, said[-1] if said else f"exit code {result.code}"
 
 
+def host_checks(record: dict, executors: dict) -> List[CheckResult]:
+    """The checks of a lab of several hosts (netlab.run.multi's RECORD), each run on its host with
+    EXECUTORS[host] (a sandbox's, or one without a host: this machine's), in the lab's order."""
+    checks = record["checks"]
+    results: List[Optional[CheckResult]] = [None] * len(checks)
+    for host in dict.fromkeys(check.get("host") for check in checks):
+        mine = [i for i, check in enumerate(checks) if check.get("host") == host]
+        for i, result in zip(mine, run_checks([LabCheck.from_dict(checks[i]) for i in mine],
+                                              executors.get(host) or local_executor())):
+            results[i] = result
+    return results
+
+
 def lab_checks(record) -> List[LabCheck]:
     """The checks a lab's journal records (a journal from before checks were recorded has none)."""
     return [LabCheck.from_dict(data) for data in record.header.get("checks", [])]
