@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -330,10 +331,13 @@ def real_lab(tmp_path, prefix: str, first, second) -> Path:
 
 
 def host_state(netns: str) -> list:
-    """What a host's own namespace holds: links, IPv4 addresses and routes (IPv6 link-local ones come
-    and change state on their own), and rules."""
-    return [sh("ip", "-n", netns, *words, check=True).stdout for words in
-            (("-d", "-o", "link", "show"), ("-4", "-o", "addr", "show"), ("-4", "route", "show", "table", "all"))] + \
+    """What a host's own namespace holds: links (without their carrier, which the kernel settles on
+    its own time), IPv4 addresses and routes (IPv6 link-local ones also come and go on their own),
+    and rules."""
+    links = re.sub(r"NO-CARRIER,|LOWER_UP,?|state \S+ ", "",
+                   sh("ip", "-n", netns, "-d", "-o", "link", "show", check=True).stdout)
+    return [links] + [sh("ip", "-n", netns, *words, check=True).stdout for words in
+                      (("-4", "-o", "addr", "show"), ("-4", "route", "show", "table", "all"))] + \
         [sh("ip", "netns", "exec", netns, "iptables-save", check=True).stdout.count("\n-A")]
 
 
