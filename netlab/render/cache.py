@@ -9,7 +9,7 @@ code and templates of this very netlab (any change to netlab is a new key),
 so a kept plan is always the one rendering would make now.
 
 Only plans of at least MIN_STEPS steps are kept (a small lab renders in
-milliseconds), at most KEPT of them, in $NETLAB_CACHE_DIR (empty: keep
+milliseconds; a file under MIN_BYTES is not even looked up), at most KEPT of them, in $NETLAB_CACHE_DIR (empty: keep
 none), else $XDG_CACHE_HOME/netlab/plans or ~/.cache/netlab/plans. A plan is
 a pickle, read only from a directory and file that belong to this user and
 that no one else may write (else it is rendered anew, and not kept). Any
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 MIN_STEPS = 500
+MIN_BYTES = 8192  # a file smaller than this (every built-in lab) is rendered without looking: no lab of
+# MIN_STEPS steps is so short, and hashing netlab's own code (about 15 ms) would cost more than it saves
 KEPT = 8
 _FORMAT = b"netlab plan cache 1\0"
 
@@ -68,6 +70,8 @@ def _key(target: str, sandbox, host_netns, params) -> Optional[str]:
     try:
         text = resolve(target).read_bytes()
     except Exception:  # noqa: BLE001 - a lab that cannot be read: rendering says why
+        return None
+    if len(text) < MIN_BYTES:
         return None
     digest = hashlib.sha256(_FORMAT + _code_digest())
     for part in (repr(sandbox), repr(host_netns), repr(sorted(params.items()))):
