@@ -129,8 +129,9 @@ def _print_json(data) -> None:
 
 
 def _several_hosts(plan) -> bool:
-    """PLAN is a lab of several hosts' (netlab.render.multi.MultiPlan): a plan for each."""
-    return hasattr(plan, "parts")
+    from netlab.render.plan import several_hosts
+
+    return several_hosts(plan)
 
 
 def _print_hosts(multi, as_json: bool) -> None:

@@ -91,10 +91,10 @@ def up(target: str, *, sandbox: Optional[str] = None, host_netns: Optional[str] 
     `host_netns` an existing namespace to play the host.
     """
     from netlab.errors import InputError
-    from netlab.render.plan import make_plan
+    from netlab.render.plan import make_plan, several_hosts
 
     plan = make_plan(target, sandbox, host_netns, params)
-    if hasattr(plan, "parts"):  # netlab.render.multi.MultiPlan
+    if several_hosts(plan):
         raise InputError("the Python API takes a lab of one host, for now; a lab of several hosts: `netlab up`",
                          target)
     return Lab(plan, state_dir, reporter).up()

@@ -25,8 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple
 
-from netlab.model.topology import (HOST, INTERNET, Bridge, Item, Netns, Topology, _shown, _shown_key, check_references,
-                                   iface_name, ipv4_address, known_keys, port, whole_number)
+from netlab.model.topology import (HOST, INTERNET, Bridge, Item, Netns, Topology, _field, _shown, _shown_key,
+                                   check_references, explanation, iface_name, ipv4_address, known_keys, port,
+                                   whole_number)
 
 VXLAN_PORT = 4789  # IANA's, and the kernel's own for `dstport`
 FIRST_VNI = 100  # a lab's segments are numbered from here unless they say
@@ -103,22 +104,16 @@ def parse_hosts(fail, raw: Any) -> Tuple[Host, ...]:
         value = known_keys(fail, where, value, ("address", "reach", "dev"), "a host")
         if "address" not in value:
             raise fail(f"{where}.address", "is required: the underlay address the other hosts reach it at")
-        address = _parsed(fail, f"{where}.address", ipv4_address, value["address"])
+        address = _field(fail, f"{where}.address", ipv4_address, value["address"])
         if address in addresses:
             raise fail(f"{where}.address", f"{address} is host {addresses[address]}'s address too")
         addresses[address] = name
         reach = value.get("reach", "local")
         if not isinstance(reach, str) or not _REACH_RE.fullmatch(reach):
             raise fail(f"{where}.reach", f"{_shown(reach)} is not local, [USER@]HOST[:PORT] or vagrant:NAME")
-        dev = _parsed(fail, f"{where}.dev", iface_name, value["dev"]) if "dev" in value else None
+        dev = _field(fail, f"{where}.dev", iface_name, value["dev"]) if "dev" in value else None
         hosts.append(Host(name, address, reach, dev))
     return tuple(hosts)
-
-
-def _parsed(fail, where: str, parser, value):
-    from netlab.model.topology import _field
-
-    return _field(fail, where, parser, value)
 
 
 def take_placement(fail, raw_steps: list, hosts: Tuple[Host, ...]) -> Tuple[list, list]:
@@ -148,9 +143,7 @@ def take_placement(fail, raw_steps: list, hosts: Tuple[Host, ...]) -> Tuple[list
 
 def _span(fail, where: str, raw: dict, hosts: Tuple[Host, ...], vni: int) -> Span:
     raw = known_keys(fail, where, raw, ("vxlan", "hosts", "vni", "port", "name", "why"), "a vxlan step")
-    from netlab.model.topology import explanation
-
-    bridge = _parsed(fail, f"{where}.vxlan", iface_name, raw["vxlan"])
+    bridge = _field(fail, f"{where}.vxlan", iface_name, raw["vxlan"])
     names = [host.name for host in hosts]
     pair = raw.get("hosts", names)
     if not isinstance(pair, list) or len(pair) != 2 or len(set(map(str, pair))) != 2:
@@ -159,10 +152,10 @@ def _span(fail, where: str, raw: dict, hosts: Tuple[Host, ...], vni: int) -> Spa
     for host in pair:
         if host not in names:
             raise fail(f"{where}.hosts", f"{_shown(host)} is not one of the lab's hosts ({', '.join(sorted(names))})")
-    vni = _parsed(fail, f"{where}.vni", whole_number(1, 16777215, "a VXLAN network identifier"), raw.get("vni", vni))
-    udp = _parsed(fail, f"{where}.port", port, raw.get("port", VXLAN_PORT))
-    name = _parsed(fail, f"{where}.name", iface_name, raw.get("name", f"vxlan{vni}"))
-    why = _parsed(fail, f"{where}.why", explanation, raw["why"]) if "why" in raw else None
+    vni = _field(fail, f"{where}.vni", whole_number(1, 16777215, "a VXLAN network identifier"), raw.get("vni", vni))
+    udp = _field(fail, f"{where}.port", port, raw.get("port", VXLAN_PORT))
+    name = _field(fail, f"{where}.name", iface_name, raw.get("name", f"vxlan{vni}"))
+    why = _field(fail, f"{where}.why", explanation, raw["why"]) if "why" in raw else None
     return Span(None, why, bridge, tuple(pair), vni, udp, name)
 
 

@@ -300,6 +300,12 @@ def make_plan(target: str, sandbox: Optional[str] = None, host_netns: Optional[s
     return build_plan(topology, box, host_netns)
 
 
+def several_hosts(plan) -> bool:
+    """PLAN, make_plan's, is a lab of several hosts' (netlab.render.multi.MultiPlan, a plan for each),
+    not a Plan (asked without importing netlab.render.multi, which a lab of one host never needs)."""
+    return not isinstance(plan, Plan)
+
+
 def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns: Optional[str] = None) -> Plan:
     """Render the topology into an ordered Plan: inside `sandbox` if given, with
     the host side in the existing namespace `host_netns` if given."""

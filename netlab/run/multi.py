@@ -63,9 +63,9 @@ def up(multi, executors: Dict[str, Executor], state_dir_path=None,
     if existing is not None and existing.get("digest") != multi.digest:
         raise InputError(f"{multi.name} is already up with another plan (lab {existing.get('lab')}); take it down "
                          f"first: netlab down {multi.name}")
-    if existing is None:
-        write_new(path, json.dumps(multi.record()) + "\n")
     record = multi.record()
+    if existing is None:
+        write_new(path, json.dumps(record) + "\n")
     done: List[dict] = []  # the parts that are up: what a failure takes down again
     timings = {}  # part -> [start, end], seconds since the epoch: did the hosts run side by side?
     try:

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from netlab.errors import NetlabError
 from netlab.render.plan import Probe, shell_join
+from netlab.run import netlink
 from netlab.run.netlink import NETNS_DIR
 
 MARK = "@@netlab-dump@@"
@@ -151,8 +152,6 @@ def _rule(argv) -> Optional[Tuple[str, str]]:
 def _read_in_process(executor, reads: dict) -> dict:
     """netlink.read_many of READS (namespace -> sections, sysctl keys), where the executor may
     read the kernel in this process and some namespace has something to read there."""
-    from netlab.run import netlink
-
     if not executor.reads_kernel:
         return {}
     wanted = {netns: (sections & netlink.SECTIONS, keys) for netns, (sections, keys) in reads.items()
@@ -164,8 +163,6 @@ def _dump(executor, netns: Optional[str], sections: set, keys: List[str], in_pro
     """The sections of NETNS (and the sysctls KEYS); None when it could not be read. A section
     that failed is absent: its probes are asked one by one. IN_PROCESS is what netlab.run.netlink
     read of it (a dump, Gone, a ReadError or None): the rest is read in one process."""
-    from netlab.run import netlink
-
     if isinstance(in_process, netlink.Gone):
         return {"gone": True}
     if not isinstance(in_process, dict):
