@@ -2,11 +2,16 @@
 
 Without root: a lab's `hosts` and placement are validated, each mistake one
 line and exit 2; `plan` shows each host's steps, the VXLAN device among them
-in the exact words of `ip link add ... type vxlan`. As root, in sandbox mode
+in the exact words of `ip link add ... type vxlan`; the same in the
+nodes/links form (tests/labs/two-hosts-nodes.yaml: a bridge made on each host
+with a port on it, joined, its node ends' MTU lowered), whose own mistakes
+(a veth between hosts, a host side not named) are refused in its terms. As root, in sandbox mode
 (each host a namespace of its own, their uplinks on one emulated underlay):
 tests/labs/two-hosts.yaml comes up, a ping and an HTTP fetch cross the VXLAN,
 a capture on the underlay shows UDP 4789, `status` and `exec` see every
-part, `doctor` names a VXLAN device set down and its fix, and `down` leaves nothing; `up` killed (SIGKILL) with both hosts half
+part, `doctor` names a VXLAN device set down and its fix, and `down` leaves nothing; the
+nodes/links lab routes b's namespace out through a's MASQUERADE, and a full
+1450-byte frame crosses unfragmented; `up` killed (SIGKILL) with both hosts half
 done, at five exact points, is taken down whole; the exported scripts (one
 per part, run without netlab) build, check and remove the same lab; a real
 conflict on the second host (there already, with a bridge called like the
@@ -35,19 +40,20 @@ from conftest import journal_records, namespaces, netlab_cli, sh, wait_stopped
 
 HERE = Path(__file__).parent
 LAB = HERE / "labs" / "two-hosts.yaml"
+NODES_LAB = HERE / "labs" / "two-hosts-nodes.yaml"  # nodes and links, a router on host a
 
 
-def lab_with(tmp_path, change) -> Path:
+def lab_with(tmp_path, change, lab: Path = LAB) -> Path:
     """LAB as CHANGE (a function of its data) makes it, in a file of its own."""
-    data = yaml.safe_load(LAB.read_text())
+    data = yaml.safe_load(lab.read_text())
     change(data)
     path = tmp_path / "lab.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def refused(tmp_path, state_dir, change, *args) -> str:
-    result = netlab_cli(state_dir, "plan", lab_with(tmp_path, change), "--sandbox", "nltm", *args)
+def refused(tmp_path, state_dir, change, *args, lab: Path = LAB) -> str:
+    result = netlab_cli(state_dir, "plan", lab_with(tmp_path, change, lab), "--sandbox", "nltm", *args)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -72,6 +78,58 @@ def step(data, **match):
 ])
 def test_a_misplaced_lab_is_one_line_and_exit_2(tmp_path, state_dir, change, said):
     assert said in refused(tmp_path, state_dir, change)
+
+
+def third_host_on_br0(data):
+    data["hosts"]["c"] = {"address": "192.0.2.13"}
+    data["nodes"]["ns3"] = {"host": "c"}
+    data["links"].append({"ends": ["br0:veth3", {"ns3:ceth3": "10.60.0.3/24"}]})
+
+
+@pytest.mark.parametrize("change,said", [
+    (lambda data: data["nodes"]["ns2"].pop("host"), "nodes.ns2.host: a lab of several hosts places each node on one: "
+                                                    "say which (host: a or b)"),
+    (lambda data: data["links"][1]["ends"].__setitem__(0, "ns1:x"), "links[2]: a veth is on one host: ns1 is on a, ns2 "
+                                                                    "on b; link each to a bridge"),
+    (lambda data: data["links"][1]["ends"].__setitem__(0, "host:x"), "links[2].ends[1]: a lab of several hosts names a "
+                                                                     "host's own side by the host's name (a:x or b:x)"),
+    (lambda data: data["bridges"]["br0"].pop("node"), "bridges.br0.address: a bridge may be on several hosts: say "
+                                                      "which one's has the address (node: a or b)"),
+    (lambda data: data["nat"][0].pop("node"), "nat[1].node: a lab of several hosts has a host side on each"),
+    (lambda data: data.update(forward=["br0"]), "forward[1]: a lab of several hosts has a host side on each: say which "
+                                                "(a:br0 or b:br0)"),
+    (lambda data: data["nodes"]["ns2"].update(host="c"), "nodes.ns2.host: 'c' is not one of the lab's hosts (a, b)"),
+    (third_host_on_br0, "bridges.br0: is on 3 hosts (a, b, c): a bridge joins two hosts, for now"),
+    (lambda data: data["nodes"].update(host={}), "nodes.host: a lab of several hosts names each host's own side by "
+                                                 "the host's name (a, b), not host"),
+    (lambda data: data["bridges"].update(br1={}), "bridges.br1: no link reaches it, so no host has it"),
+    (lambda data: data["nodes"]["a"].update(host="b"), "nodes.a.host: a is a host of the lab (its own side)"),
+    (lambda data: data.pop("hosts"), "nodes.ns1.host: the lab declares no hosts"),
+])
+def test_a_misplaced_lab_of_nodes_and_links_is_one_line_and_exit_2(tmp_path, state_dir, change, said):
+    assert said in refused(tmp_path, state_dir, change, lab=NODES_LAB)
+
+
+def test_nodes_and_links_make_a_bridge_on_each_host_with_a_port_on_it_and_join_them(state_dir, tmp_path):
+    result = netlab_cli(state_dir, "plan", NODES_LAB, "--sandbox", "nltm", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    commands = {part["host"]: [step["command"] for step in part["steps"]] for part in plan["hosts"]}
+    for host, local, remote in (("a", "203.0.113.2", "203.0.113.3"), ("b", "203.0.113.3", "203.0.113.2")):
+        made = [command for command in commands[host] if " type " in command]
+        assert made[:2] == [f"ip netns exec nltm-{host} ip link add br0 type bridge",
+                            f"ip netns exec nltm-{host} ip link add vxlan100 type vxlan id 100 local {local} remote "
+                            f"{remote} dstport 4789 dev ens3"], made
+    assert "ip netns exec nltm-ns2 ip link set ceth2 mtu 1450" in commands["b"]  # room for VXLAN's 50 bytes
+    assert any("MASQUERADE" in command for command in commands["a"])
+    assert not any("MASQUERADE" in command or "addr add 10.60.0.254" in command for command in commands["b"])
+    shown = netlab_cli(state_dir, "show", NODES_LAB, "--steps")
+    assert shown.returncode == 0, shown.stderr
+    steps = tmp_path / "steps.yaml"
+    steps.write_text(shown.stdout)
+    again = netlab_cli(state_dir, "plan", steps, "--sandbox", "nltm", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["hosts"] == plan["hosts"]
 
 
 def test_without_a_sandbox_each_host_s_plan_is_for_that_machine(state_dir):
@@ -148,6 +206,25 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
         assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
         assert not list(state_dir.glob(f"{sandbox_prefix}*"))
         assert netlab_cli(state_dir, "down", sandbox_prefix).returncode == 0  # not up: nothing to do
+    finally:
+        netlab_cli(state_dir, "down", sandbox_prefix)
+
+
+@pytest.mark.root
+def test_nodes_and_links_across_two_hosts_route_one_host_s_namespace_out_through_the_other(state_dir,
+                                                                                           sandbox_prefix):
+    try:
+        result = netlab_cli(state_dir, "up", NODES_LAB, "--sandbox", sandbox_prefix, "--verify")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "3 of 3 checks passed" in result.stdout  # ns2 on b reaches the internet through a's MASQUERADE
+        # the largest ping that fits the lowered MTU crosses whole, not fragmented (DF set)
+        full = netlab_cli(state_dir, "exec", sandbox_prefix, "ns2", "--", "ping", "-c", "1", "-W", "2", "-M", "do",
+                          "-s", "1422", "10.60.0.1")
+        assert full.returncode == 0, full.stdout + full.stderr
+        result = netlab_cli(state_dir, "down", sandbox_prefix)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
+        assert not list(state_dir.glob(f"{sandbox_prefix}*"))
     finally:
         netlab_cli(state_dir, "down", sandbox_prefix)
 

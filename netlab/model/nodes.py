@@ -14,19 +14,28 @@ reference checks as any file, and `netlab show FILE --steps` prints them.
 What only this form can get wrong (an unknown node in a link, two ends on one
 interface, an address outside its link's subnet, a port forward to an address
 no node has) is refused here, in this form's own terms.
+
+A lab that declares `hosts` (netlab.model.hosts) places each node on one
+(`host: NAME`) and names a host's own side by the host's name wherever a lab
+of one host says `host`. A bridge on the host side is made on every host
+that has a port on it; a bridge on two hosts is joined by a `vxlan` step, and
+the node ends linked to it get the MTU a VXLAN frame leaves room for. A veth
+cannot cross hosts: a link between two hosts is refused, with the bridge that
+would join them as the way.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from netlab.model.topology import (HOST, _field, _shown, _shown_key, _substitute, address_and_port, bit_rate,
                                    iface_name, ipv4_address, ipv4_interface, ipv4_network, known_keys, loss_percent, mtu,
                                    netns_name, one_of, port, service_name, sysctl_key, sysctl_value, tc_time)
 
 FORM_KEYS = ("nodes", "bridges", "links", "nat", "forward", "ports", "services")
-_NODE_KEYS = ("gateway", "sysctls")
+SPANNING_MTU = 1450  # 1500 less VXLAN's 50 bytes: what a node end on a bridge across hosts sends
+_NODE_KEYS = ("gateway", "sysctls", "host")
 _BRIDGE_KEYS = ("node", "address")
 _LINK_KEYS = ("ends",)
 _END_KEYS = ("address", "mtu", "delay", "jitter", "loss", "rate")  # of an end written as NODE:IFACE: {...}
@@ -43,23 +52,48 @@ def is_nodes_form(data: dict) -> bool:
 class _Lab:
     """What the form declares, substituted, as compile_steps checks it."""
 
-    def __init__(self):
+    def __init__(self, hosts: Tuple[str, ...] = ()):
+        self.hosts = hosts  # a lab of several hosts: their names, each its own host side
         self.nodes: List[str] = []
-        self.bridges: Dict[str, str] = {}  # bridge -> the node it is on
+        self.home: Dict[str, str] = {}  # node -> its host, in a lab of several
+        self.bridges: Dict[str, Optional[str]] = {}  # bridge -> the node it is on (None: the hosts its ports are on)
+        self.bridge_keys: Dict[str, str] = {}  # bridge -> where it is declared
+        self.bridge_hosts: Dict[str, List[str]] = {}  # bridge on the host side -> the hosts it is on, in order
         self.bridge_nets: Dict[str, ipaddress.IPv4Interface] = {}
         self.ifaces: Dict[Tuple[str, str], str] = {}  # (node, iface) -> where it is declared
         self.addresses: Dict[ipaddress.IPv4Address, str] = {}  # address -> node
         self.nets: Dict[str, List[ipaddress.IPv4Interface]] = {}  # node -> its addresses, with their subnets
 
+    @property
+    def sides(self) -> set:
+        return {*(self.hosts or (HOST,)), *self.nodes}
+
+    def host_side(self, side: str) -> bool:
+        return side == HOST or side in self.hosts
+
+    def on(self, side: str, step: dict) -> dict:
+        """STEP on SIDE: a node's (`netns`), a host's of several (`host`), or the one host's."""
+        if side == HOST:
+            return step
+        return {**step, "host": side} if side in self.hosts else {**step, "netns": side}
+
+    def spans(self, bridge: Optional[str]) -> bool:
+        """A port of BRIDGE is on the host of the link's other end (a host-side bridge of a lab of several)."""
+        return bool(self.hosts) and bridge in self.bridges and self.bridges[bridge] in (None, *self.hosts)
+
+    def sides_words(self) -> str:
+        return f"a host ({', '.join(self.hosts)}) or a node" if self.hosts else "host or a node"
+
 
 def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
-    """The step-form steps of DATA (a nodes/links file), parameters left as `${name}`."""
+    """The step-form steps of DATA (a nodes/links file), parameters left as `${name}`; its
+    `hosts`, if any, already checked (netlab.model.hosts.parse_hosts)."""
     if "steps" in data:
         raise fail("steps", f"a lab is steps or nodes and links, not both (this one also has: "
                             f"{', '.join(key for key in FORM_KEYS if key in data)})")
     if "nodes" not in data:
         raise fail("nodes", "is required in a lab of nodes and links")
-    lab = _Lab()
+    lab = _Lab(tuple(data["hosts"]) if isinstance(data.get("hosts"), dict) else ())
     given = {key: _substitute(fail, key, data.get(key), params) for key in FORM_KEYS}
     raw = {key: data.get(key) for key in FORM_KEYS}
     nodes = _mapping(fail, "nodes", raw["nodes"], required=True)
@@ -75,40 +109,50 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         name = _field(fail, where, netns_name, key)
         spec = known_keys(fail, where, spec, _NODE_KEYS, "a node")
         real = given["nodes"][key] or {}
-        if name == HOST:
-            if "gateway" in spec:
-                raise fail(f"{where}.gateway", "the host's own routes are the host's: a node `host` takes sysctls only")
+        if name == HOST and lab.hosts:
+            raise fail(where, f"a lab of several hosts names each host's own side by the host's name "
+                              f"({', '.join(lab.hosts)}), not host")
+        if lab.host_side(name):
+            for field in ("gateway", "host"):
+                if field in spec:
+                    raise fail(f"{where}.{field}", "the host's own routes are the host's: a node `host` takes sysctls "
+                                                   "only" if name == HOST else f"{name} is a host of the lab (its own "
+                                                   "side): its entry takes sysctls only")
         else:
             lab.nodes.append(name)
-            steps.append({"netns": name})
+            steps.append({"netns": name, **_home(fail, where, name, real, lab)})
             loopbacks.append({"link": "lo", "up": True, "netns": name})
         if "gateway" in spec:
             gateways.append((f"{where}.gateway", name, _field(fail, f"{where}.gateway", ipv4_address, real["gateway"])))
-            routes.append(_on(name, {"route": "default", "via": spec["gateway"]}))
+            routes.append(lab.on(name, {"route": "default", "via": spec["gateway"]}))
         for sysctl, value in _mapping(fail, f"{where}.sysctls", spec.get("sysctls")).items():
             _field(fail, f"{where}.sysctls.{_shown_key(sysctl)}", sysctl_key, sysctl)
             _field(fail, f"{where}.sysctls.{sysctl}", sysctl_value, real["sysctls"][sysctl])
-            sysctls.append(_on(name, {"sysctl": sysctl, "value": value}))
-    sides = {HOST, *lab.nodes}
+            sysctls.append(lab.on(name, {"sysctl": sysctl, "value": value}))
+    sides = lab.sides
 
     for key, spec in bridges.items():
         where = f"bridges.{_shown_key(key)}"
         name = _field(fail, where, iface_name, key)
         if name in sides:
-            raise fail(where, f"{_shown(name)} is also a node; a bridge and a node need names of their own")
+            raise fail(where, f"{_shown(name)} is also {'a host or ' if lab.hosts else ''}a node; a bridge needs a "
+                              "name of its own")
         spec = known_keys(fail, where, spec, _BRIDGE_KEYS, "a bridge")
         real = given["bridges"][key] or {}
-        node = _side(fail, f"{where}.node", real.get("node", HOST), sides)
-        lab.bridges[name] = node
-        _declare(fail, lab, where, node, name)
-        steps += [_on(node, {"bridge": name}), _on(node, {"link": name, "up": True})]
+        node = _side(fail, f"{where}.node", real["node"], lab) if "node" in real else None if lab.hosts else HOST
+        lab.bridges[name], lab.bridge_keys[name] = node, where
+        if node is not None:
+            _declare(fail, lab, where, node, name)
         if "address" in spec:
+            if node is None:
+                raise fail(f"{where}.address", f"a bridge may be on several hosts: say which one's has the address "
+                                               f"(node: {' or '.join(lab.hosts)})")
             address = _field(fail, f"{where}.address", ipv4_interface, real["address"])
             lab.bridge_nets[name] = address
             _own(fail, lab, f"{where}.address", address, node)
-            addresses.append(_on(node, {"address": spec["address"], "dev": name}))
+            addresses.append(lab.on(node, {"address": spec["address"], "dev": name}))
 
-    ups, impairs = [], []
+    parsed_links = []
     for i, link in enumerate(links, 1):
         where = f"links[{i}]"
         link = known_keys(fail, where, link, _LINK_KEYS, "a link")
@@ -117,28 +161,36 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
             raise fail(f"{where}.ends", "must be two ends, each NODE:IFACE or BRIDGE:PORT (with an address: "
                                         "{NODE:IFACE: ADDRESS/LEN})")
         real_ends = given["links"][i - 1]["ends"]
-        parsed = [_end(fail, f"{where}.ends[{k}]", end, real, lab, sides)
-                  for k, (end, real) in enumerate(zip(ends, real_ends), 1)]
+        ports_on = _ports_on(fail, where, ends, lab)
+        parsed = [_end(fail, f"{where}.ends[{k}]", end, real, lab, sides, port_on)
+                  for k, (end, real, port_on) in enumerate(zip(ends, real_ends, ports_on), 1)]
         _same_subnet(fail, where, parsed, lab)
+        parsed_links.append(parsed)
+    bridge_steps, joins = _bridge_steps(fail, lab)
+    _lower_mtus(lab, parsed_links)
+    steps += bridge_steps + joins
+
+    ups, impairs = [], []
+    for parsed in parsed_links:
         (first_node, first_iface, _, _, _, _), (second_node, second_iface, _, _, _, _) = parsed
         if first_node == second_node:
-            veth = _on(first_node, {"veth": first_iface, "peer": second_iface})
-        elif second_node == HOST:  # made on the host side, its peer born in the first end's node
-            veth = _on(HOST, {"veth": second_iface, "peer": first_iface, "peer_netns": first_node})
+            veth = lab.on(first_node, {"veth": first_iface, "peer": second_iface})
+        elif lab.host_side(second_node):  # made on the host side, its peer born in the first end's node
+            veth = lab.on(second_node, {"veth": second_iface, "peer": first_iface, "peer_netns": first_node})
         else:
-            veth = _on(first_node, {"veth": first_iface, "peer": second_iface, "peer_netns": second_node})
+            veth = lab.on(first_node, {"veth": first_iface, "peer": second_iface, "peer_netns": second_node})
         steps.append(veth)
         for node, iface, bridge, shown_address, _, settings in parsed:
             if "mtu" in settings:
-                steps.append(_on(node, {"link": iface, "mtu": settings["mtu"]}))
+                steps.append(lab.on(node, {"link": iface, "mtu": settings["mtu"]}))
             impairments = {key: settings[key] for key in _IMPAIRMENTS if key in settings}
             if impairments:
-                impairs.append(_on(node, {"impair": iface, **impairments}))
+                impairs.append(lab.on(node, {"impair": iface, **impairments}))
             if bridge is not None:
-                steps.append(_on(node, {"link": iface, "master": bridge}))
-            ups.append(_on(node, {"link": iface, "up": True}))
+                steps.append(lab.on(node, {"link": iface, "master": bridge}))
+            ups.append(lab.on(node, {"link": iface, "up": True}))
             if shown_address is not None:
-                addresses.append(_on(node, {"address": shown_address, "dev": iface}))
+                addresses.append(lab.on(node, {"address": shown_address, "dev": iface}))
     for where, node, gateway in gateways:
         if not any(gateway in net.network for net in lab.nets.get(node, [])):
             raise fail(where, f"{gateway} is on no subnet of node {node} (its addresses: "
@@ -147,8 +199,9 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
 
     for i, entry in enumerate(forward, 1):
         where = f"forward[{i}]"
-        node, iface = _iface_of(fail, where, entry, given["forward"][i - 1], lab, sides)
-        steps += [_on(node, {"forward": iface, "direction": "in"}), _on(node, {"forward": iface, "direction": "out"})]
+        node, iface = _iface_of(fail, where, entry, given["forward"][i - 1], lab)
+        steps += [lab.on(node, {"forward": iface, "direction": "in"}),
+                  lab.on(node, {"forward": iface, "direction": "out"})]
     for i, entry in enumerate(nat, 1):
         where = f"nat[{i}]"
         entry = known_keys(fail, where, entry, _NAT_KEYS, "a nat rule")
@@ -156,8 +209,8 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         if "masquerade" not in entry:
             raise fail(f"{where}.masquerade", "is required: the source network to masquerade, as in 192.168.0.0/16")
         _field(fail, f"{where}.masquerade", ipv4_network, real["masquerade"])
-        node = _side(fail, f"{where}.node", real.get("node", HOST), sides)
-        rule = _on(node, {"masquerade": entry["masquerade"]})
+        node = _rule_side(fail, where, real, lab)
+        rule = lab.on(node, {"masquerade": entry["masquerade"]})
         for key in ("out", "not_out"):  # the host's own links (its uplink) are not the lab's to know
             if key in entry:
                 _field(fail, f"{where}.{key}", iface_name, real[key])
@@ -176,7 +229,7 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
             raise fail(f"{where}.public", f"{_shown(real['public'])}: a port forward needs ADDRESS:PORT")
         if target not in lab.addresses:
             raise fail(f"{where}.to", f"{target} is no address of a node or bridge of the lab")
-        node = _side(fail, f"{where}.node", real.get("node", HOST), sides)
+        node = _rule_side(fail, where, real, lab)
         proto = _field(fail, f"{where}.proto", one_of("tcp", "udp"), real.get("proto", "tcp"))
         output = real.get("output", True)
         if not isinstance(output, bool):
@@ -185,9 +238,9 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
         if not public_word:  # ADDRESS:PORT from one parameter: its value
             public_word, port_word = str(public), str(public_port)
         rule = {"dnat": public_word, "port": port_word, "proto": proto, "to": entry["to"]}
-        steps.append(_on(node, dict(rule)))
+        steps.append(lab.on(node, dict(rule)))
         if output:
-            steps.append(_on(node, {**rule, "chain": "OUTPUT"}))
+            steps.append(lab.on(node, {**rule, "chain": "OUTPUT"}))
     for i, entry in enumerate(services, 1):
         where = f"services[{i}]"
         entry = known_keys(fail, where, entry, _SERVICE_KEYS, "a service")
@@ -197,18 +250,107 @@ def compile_steps(fail, data: dict, params: Dict[str, str]) -> List[dict]:
                 raise fail(f"{where}.{key}", "is required for a service (name, node, address, port)")
         _field(fail, f"{where}.name", service_name, real["name"])
         _field(fail, f"{where}.port", port, real["port"])
-        node = _side(fail, f"{where}.node", real["node"], sides)
+        node = _side(fail, f"{where}.node", real["node"], lab)
         address = _field(fail, f"{where}.address", ipv4_address, real["address"])
         if address != ipaddress.IPv4Address("0.0.0.0") and lab.addresses.get(address) != node:
             raise fail(f"{where}.address", f"{address} is no address of {node} (a service listens on one of its "
                                            f"node's addresses, or 0.0.0.0)")
-        steps.append(_on(node, {"service": entry["name"], "address": entry["address"], "port": entry["port"]}))
+        steps.append(lab.on(node, {"service": entry["name"], "address": entry["address"], "port": entry["port"]}))
     return steps
 
 
-def _on(node: str, step: dict) -> dict:
-    """STEP on NODE's side (the host side needs no `netns`)."""
-    return step if node == HOST else {**step, "netns": node}
+def _home(fail, where: str, node: str, real: dict, lab: _Lab) -> dict:
+    """The `host` of NODE's netns step: the one its entry names, in a lab of several hosts."""
+    if not lab.hosts:
+        if "host" in real:
+            raise fail(f"{where}.host", "the lab declares no hosts (hosts: NAME: {address: ...}); its nodes are all "
+                                        "on one")
+        return {}
+    if "host" not in real:
+        raise fail(f"{where}.host", f"a lab of several hosts places each node on one: say which "
+                                    f"(host: {' or '.join(lab.hosts)})")
+    if real["host"] not in lab.hosts:
+        raise fail(f"{where}.host", f"{_shown(real['host'])} is not one of the lab's hosts ({', '.join(lab.hosts)})")
+    lab.home[node] = real["host"]
+    return {"host": real["host"]}
+
+
+def _owner(end: Any) -> Optional[str]:
+    """The node or bridge a link end names (None if it is not NODE:IFACE, for _end to refuse)."""
+    if isinstance(end, dict) and len(end) == 1:
+        (end,) = end
+    return end.split(":")[0] if isinstance(end, str) and end.count(":") == 1 else None
+
+
+def _ports_on(fail, where: str, ends: list, lab: _Lab) -> List[Optional[str]]:
+    """For each end of a link that is a bridge's port, the side the port is on (None for other ends):
+    the bridge's; in a lab of several hosts, for a bridge on the host side, the host of the other end."""
+    owners = [_owner(end) for end in ends]
+    if not lab.hosts:
+        return [lab.bridges.get(owner) if owner in lab.bridges else None for owner in owners]
+    for k, (owner, end) in enumerate(zip(owners, ends), 1):
+        if owner is None:
+            raise fail(f"{where}.ends[{k}]", f"{_shown(end)} is not NODE:IFACE or BRIDGE:PORT")
+    fixed = {}  # end -> the host it is on, where the end says
+    for k, owner in enumerate(owners):
+        if lab.spans(owner):
+            continue
+        node = lab.bridges[owner] if owner in lab.bridges else owner
+        if node in lab.home or node in lab.hosts:
+            fixed[k] = lab.home.get(node, node)
+    (first, on_first), *rest = list(fixed.items()) or [(None, None)]
+    for k, on in rest:
+        if on != on_first:
+            raise fail(where, f"a veth is on one host: {owners[first]} is on {on_first}, {owners[k]} on {on}; link "
+                              f"each to a bridge (bridges: NAME: {{}}) and netlab joins its hosts by VXLAN")
+    machine = on_first or next((lab.bridges[owner] for owner in owners if lab.spans(owner) and lab.bridges[owner]),
+                               None)
+    if machine is None and any(lab.spans(owner) for owner in owners):
+        raise fail(where, "both ends are ports of bridges that may span hosts: say which host the link is on "
+                          f"(node: {' or '.join(lab.hosts)} on one of the bridges)")
+    return [machine if lab.spans(owner) else lab.bridges.get(owner) if owner in lab.bridges else None
+            for owner in owners]
+
+
+def _bridge_steps(fail, lab: _Lab) -> Tuple[List[dict], List[dict]]:
+    """Each bridge made and up on its side, or, on the host side of a lab of several hosts, on each
+    host with a port on it; and a vxlan step for each bridge on two hosts."""
+    steps, joins = [], []
+    for name, node in lab.bridges.items():
+        where = lab.bridge_keys[name]
+        if not lab.spans(name):
+            on = [node]
+        else:
+            on = list(dict.fromkeys(([node] if node else []) + lab.bridge_hosts.get(name, [])))
+            if not on:
+                raise fail(where, f"no link reaches it, so no host has it: link a node to it, or say which host's it "
+                                  f"is (node: {' or '.join(lab.hosts)})")
+            if len(on) > 2:
+                raise fail(where, f"is on {len(on)} hosts ({', '.join(on)}): a bridge joins two hosts, for now")
+            lab.bridge_hosts[name] = on
+        for side in on:
+            steps += [lab.on(side, {"bridge": name}), lab.on(side, {"link": name, "up": True})]
+        if len(on) == 2:
+            joins.append({"vxlan": name, "hosts": on})
+    return steps, joins
+
+
+def _lower_mtus(lab: _Lab, parsed_links: list) -> None:
+    """A node end linked to a bridge on two hosts sends frames a VXLAN device can carry (unless it sets an MTU)."""
+    for parsed in parsed_links:
+        for (_, _, bridge, _, _, _), (_, _, other_bridge, _, _, settings) in (parsed, parsed[::-1]):
+            if bridge is not None and other_bridge is None and lab.spans(bridge) and len(lab.bridge_hosts[bridge]) == 2:
+                settings.setdefault("mtu", SPANNING_MTU)
+
+
+def _rule_side(fail, where: str, real: dict, lab: _Lab) -> str:
+    """The side a nat rule or port forward is on: its `node`, else the host (of a lab of one)."""
+    if "node" in real:
+        return _side(fail, f"{where}.node", real["node"], lab)
+    if lab.hosts:
+        raise fail(f"{where}.node", f"a lab of several hosts has a host side on each: say which "
+                                    f"(node: {' or '.join(lab.hosts)}), or a node")
+    return HOST
 
 
 def _mapping(fail, where: str, value: Any, required: bool = False) -> dict:
@@ -227,17 +369,17 @@ def _list(fail, where: str, value: Any) -> list:
     return value
 
 
-def _side(fail, where: str, value: Any, sides: set) -> str:
+def _side(fail, where: str, value: Any, lab: _Lab) -> str:
     name = _field(fail, where, netns_name, value)
-    if name not in sides:
-        raise fail(where, f"{_shown(name)} is not host or a node of the lab")
+    if name not in lab.sides:
+        raise fail(where, f"{_shown(name)} is not {lab.sides_words()} of the lab")
     return name
 
 
 def _declare(fail, lab: _Lab, where: str, node: str, iface: str) -> None:
     """IFACE exists on NODE from here on; a second end on it is a mistake."""
     if (node, iface) in lab.ifaces:
-        side = "the host" if node == HOST else f"node {node}"
+        side = "the host" if node == HOST else f"host {node}" if node in lab.hosts else f"node {node}"
         raise fail(where, f"{side} has {_shown(iface)} already ({lab.ifaces[node, iface]}): two ends on one interface")
     lab.ifaces[node, iface] = where
 
@@ -249,10 +391,10 @@ def _own(fail, lab: _Lab, where: str, address: ipaddress.IPv4Interface, node: st
     lab.nets.setdefault(node, []).append(address)
 
 
-def _end(fail, where: str, end: Any, real: Any, lab: _Lab, sides: set):
+def _end(fail, where: str, end: Any, real: Any, lab: _Lab, sides: set, port_on: Optional[str]):
     """(node, iface, bridge or None, the address as written or None, the address, its other
     settings as written: mtu and impairments) of a link end: NODE:IFACE, NODE:IFACE: ADDRESS,
-    or NODE:IFACE: {address, mtu, delay, jitter, loss, rate}."""
+    or NODE:IFACE: {address, mtu, delay, jitter, loss, rate}; a bridge's port on PORT_ON."""
     written, real_address, settings = None, None, {}
     if isinstance(end, dict):
         if len(end) != 1:
@@ -276,8 +418,14 @@ def _end(fail, where: str, end: Any, real: Any, lab: _Lab, sides: set):
     iface = _field(fail, where, iface_name, iface)
     bridge = owner if owner in lab.bridges else None
     if bridge is None and owner not in sides:
+        if owner == HOST and lab.hosts:
+            raise fail(where, f"a lab of several hosts names a host's own side by the host's name "
+                              f"({' or '.join(f'{host}:{iface}' for host in lab.hosts)}), not host")
         raise fail(where, f"{_shown(owner)} is not a node or bridge of the lab")
-    node = lab.bridges[bridge] if bridge else owner
+    node = port_on if bridge else owner
+    if lab.spans(bridge) and (node, bridge) not in lab.ifaces:  # the bridge is on that host too
+        lab.bridge_hosts.setdefault(bridge, []).append(node)
+        _declare(fail, lab, lab.bridge_keys[bridge], node, bridge)
     address = None
     if written is not None:
         if bridge is not None:
@@ -300,13 +448,16 @@ def _same_subnet(fail, where: str, ends, lab: _Lab) -> None:
         raise fail(f"{where}.ends[{k}]", f"{second} is not in the link's subnet {first.network} (its other end's)")
 
 
-def _iface_of(fail, where: str, entry: Any, real: Any, lab: _Lab, sides: set) -> Tuple[str, str]:
-    """A `forward` entry: IFACE (the host's) or NODE:IFACE."""
+def _iface_of(fail, where: str, entry: Any, real: Any, lab: _Lab) -> Tuple[str, str]:
+    """A `forward` entry: IFACE (the host's) or NODE:IFACE (HOST:IFACE for a host of several)."""
     if not isinstance(real, str):
         raise fail(where, f"{_shown(real)} is not IFACE or NODE:IFACE")
     node, _, iface = real.rpartition(":")
-    node = _side(fail, where, node or HOST, sides)
+    if not node and lab.hosts:
+        raise fail(where, f"a lab of several hosts has a host side on each: say which "
+                          f"({' or '.join(f'{host}:{iface}' for host in lab.hosts)}), or NODE:IFACE")
+    node = _side(fail, where, node or HOST, lab)
     iface = _field(fail, where, iface_name, iface)
-    if (node, iface) not in lab.ifaces and node != HOST:
+    if (node, iface) not in lab.ifaces and not lab.host_side(node):
         raise fail(where, f"node {node} has no interface {_shown(iface)} in the lab")
     return node, (str(entry).rpartition(":")[2])

@@ -506,16 +506,14 @@ def parse_topology(data: Any, source: str, overrides: Optional[Dict[str, str]] =
     document = _field(fail, "document", explanation, data.get("document", "(none)"))
     params = _params(fail, data.get("params") or {}, overrides or {})
 
-    raw_steps = compile_steps(fail, data, params) if is_nodes_form(data) else data["steps"]
-    if not isinstance(raw_steps, list) or not raw_steps:
-        raise fail("steps", "must be a non-empty list")
-    overridden = overrides or {}
     from netlab.model import hosts as multi  # it builds on this module's parsers
 
     lab_hosts = multi.parse_hosts(fail, _substitute(fail, "hosts", data["hosts"], params)) if multi.has_hosts(data) \
         else ()
-    if lab_hosts and is_nodes_form(data):
-        raise fail("hosts", "a lab of several hosts is written in the step form, for now (steps, each with its host)")
+    raw_steps = compile_steps(fail, data, params) if is_nodes_form(data) else data["steps"]
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise fail("steps", "must be a non-empty list")
+    overridden = overrides or {}
     if lab_hosts:  # each step's host taken out first (a vxlan step parsed there: it spans two)
         placed, named = multi.take_placement(fail, [_substitute(fail, f"steps[{i}]", raw, params)
                                                     for i, raw in enumerate(raw_steps, 1)], lab_hosts)
