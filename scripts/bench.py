@@ -30,6 +30,11 @@ in a sandbox, so nothing outside namespaces named PREFIX-* changes:
   sandbox (netlab.run.rootless), every command through nsenter into its
   keeper's namespaces, against netlab's root sandbox in the same run.
 
+`--tools` picks some of these (netlab's own row is always there): at N=5000
+the exported script alone would take many minutes a run, so `--sizes
+200,1000,5000 --tools floor` measures whether netlab's cost per namespace
+stays flat, and its peak RSS, in reasonable time.
+
 Each command is timed from the outside, as a whole (wall clock, interpreter
 start included), with stdout to /dev/null and stderr to a file that is
 printed only if the command fails. Runs are interleaved: in run r, for each
@@ -83,6 +88,7 @@ import tempfile
 import time
 from pathlib import Path
 
+TOOLS = ("netlab", "script", "host-netns", "floor", "two-hosts", "rootless")  # in the order each run takes them
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYTHON = ROOT / ".venv" / "bin" / "python"
 sys.path.insert(0, str(ROOT))
@@ -106,7 +112,7 @@ class Bench:
         self.env["PYTHONPYCACHEPREFIX"] = str(self.tmp / "pycache")
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.netlab = [args.python, "-m", "netlab"]
-        self.user = None if args.rootless_user is None else pwd.getpwnam(args.rootless_user)
+        self.user = pwd.getpwnam(args.rootless_user) if "rootless" in args.tools else None
         self.user_home = self.tmp / "rootless"  # the ordinary user's: its state and bytecode cache
         self.labs = {}  # N -> dict(file, script, netlab_prefix, script_prefix, steps)
         self.prefixes = []  # every sandbox prefix this run may have used
@@ -311,17 +317,12 @@ class Bench:
     # ------------------------------------------------------------ the measurements
     def measure(self):
         smallest, largest = min(self.args.sizes), max(self.args.sizes)
-        say(f"warm-up (untimed): netlab and the script, up and down, N={smallest}")
-        self.netlab_up_down(smallest, -1)
-        self.script_up_down(smallest, -1)
-        self.host_netns_up_down(smallest, -1)
-        self.floor_up_down(smallest, -1)
-        self.split_up_down(smallest, -1)
-        tools = {"netlab": self.netlab_up_down, "script": self.script_up_down, "host-netns": self.host_netns_up_down,
-                 "floor": self.floor_up_down, "two-hosts": self.split_up_down}
-        if self.user is not None:
-            self.rootless_up_down(smallest, -1)
-            tools["rootless"] = self.rootless_up_down
+        every = {"netlab": self.netlab_up_down, "script": self.script_up_down, "host-netns": self.host_netns_up_down,
+                 "floor": self.floor_up_down, "two-hosts": self.split_up_down, "rootless": self.rootless_up_down}
+        tools = {tool: every[tool] for tool in self.args.tools}
+        say(f"warm-up (untimed): {', '.join(tools)}, up and down, N={smallest}")
+        for up_down in tools.values():
+            up_down(smallest, -1)
         self.run(self.netlab + ["--version"])
         for run in range(self.args.runs):
             for n in self.args.sizes:
@@ -388,16 +389,19 @@ class Bench:
         def med(n, tool, action):
             return statistics.median(s["seconds"] for s in pick(n, tool, action))
 
+        timed = set(args.tools)
         summary = {}
         for n in sizes:
             row = {f"{tool}_{action}": med(n, tool, action)
-                   for tool in ("netlab", "script") for action in ("up", "down")}
+                   for tool in ("netlab", "script") if tool in timed for action in ("up", "down")}
             row["steps"] = self.labs[n]["steps"]
-            row["up_ratio"] = row["script_up"] / row["netlab_up"]
-            row["down_ratio"] = row["script_down"] / row["netlab_down"]
+            if "script" in timed:
+                row["up_ratio"] = row["script_up"] / row["netlab_up"]
+                row["down_ratio"] = row["script_down"] / row["netlab_down"]
             row["netlab_up_ms_per_ns"] = row["netlab_up"] / n * 1000
             row["netlab_down_ms_per_ns"] = row["netlab_down"] / n * 1000
-            row["netlab_up_peak_rss_mb"] = max(s["maxrss_kb"] for s in pick(n, "netlab", "up")) / 1024
+            for action in ("up", "down"):
+                row[f"netlab_{action}_peak_rss_mb"] = max(s["maxrss_kb"] for s in pick(n, "netlab", action)) / 1024
             summary[n] = row
         plan_s = statistics.median(s["seconds"] for s in self.extra if s["action"] == "plan")
         plan_mb = max(s["maxrss_kb"] for s in self.extra if s["action"] == "plan") / 1024
@@ -411,7 +415,8 @@ class Bench:
         out.append(f"{self.version} from {ROOT} ({git_revision()}), Python {args.python}; "
                    f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs; "
                    f"started {self.started}")
-        out.append(f"{args.runs} run{'s' if args.runs != 1 else ''}, interleaved; medians. "
+        out.append(f"{args.runs} run{'s' if args.runs != 1 else ''}, interleaved; medians; timed: "
+                   f"{', '.join(args.tools)}. "
                    f"netlab = `netlab up/down` (batched runner); "
                    f"script = `bash lab.sh up/down` of `netlab export` (one process per command, plus each "
                    f"step's probe). Lab starN: N namespaces on one bridge, ip_forward, MASQUERADE, FORWARD, "
@@ -419,36 +424,47 @@ class Bench:
                    f"the whole command, interpreter start included, bytecode cache warm.")
         out.append("")
         out.append("| N | steps | netlab up (s) | script up (s) | up ratio | netlab down (s) | script down (s) "
-                   "| down ratio | netlab per namespace up / down (ms) | netlab up peak RSS (MB) |")
+                   "| down ratio | netlab per namespace up / down (ms) | netlab peak RSS up / down (MB) |")
         out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n in sizes:
             r = summary[n]
-            out.append(f"| {n} | {r['steps']} | {r['netlab_up']:.3f} | {r['script_up']:.2f} | "
-                       f"{r['up_ratio']:.1f}x | {r['netlab_down']:.3f} | {r['script_down']:.2f} | "
-                       f"{r['down_ratio']:.1f}x | {r['netlab_up_ms_per_ns']:.2f} / "
-                       f"{r['netlab_down_ms_per_ns']:.2f} | {r['netlab_up_peak_rss_mb']:.1f} |")
+            script = (f"{r['script_up']:.2f} | {r['up_ratio']:.1f}x", f"{r['script_down']:.2f} | {r['down_ratio']:.1f}x") \
+                if "script" in timed else ("- | -", "- | -")
+            out.append(f"| {n} | {r['steps']} | {r['netlab_up']:.3f} | {script[0]} | {r['netlab_down']:.3f} | "
+                       f"{script[1]} | {r['netlab_up_ms_per_ns']:.2f} / {r['netlab_down_ms_per_ns']:.2f} | "
+                       f"{r['netlab_up_peak_rss_mb']:.1f} / {r['netlab_down_peak_rss_mb']:.1f} |")
         out.append("")
-        out.append("On a host that exists (`--host-netns`, a namespace made just before) and a floor script (one "
-                   "`ip -batch` per namespace through `nsenter --net=`, veths born in their namespaces, "
-                   "`iptables-restore --noflush`, down by deleting the namespaces), in the same runs:")
-        out.append("")
-        out.append("| N | sandbox up (s) | --host-netns up (s) | floor up (s) | host-netns/sandbox up | sandbox/floor up "
-                   "| host-netns/floor up | sandbox down (s) | --host-netns down (s) | floor down (s) "
-                   "| sandbox/floor down | host-netns/floor down |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for n in sizes:
+        if timed & {"host-netns", "floor"}:
+            out.append("On a host that exists (`--host-netns`, a namespace made just before) and a floor script (one "
+                       "`ip -batch` per namespace through `nsenter --net=`, veths born in their namespaces, "
+                       "`iptables-restore --noflush`, down by deleting the namespaces), in the same runs:")
+            out.append("")
+            out.append("| N | sandbox up (s) | --host-netns up (s) | floor up (s) | host-netns/sandbox up "
+                       "| sandbox/floor up | host-netns/floor up | sandbox down (s) | --host-netns down (s) "
+                       "| floor down (s) | sandbox/floor down | host-netns/floor down |")
+            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n in sizes if timed & {"host-netns", "floor"} else ():
             r = summary[n]
             for tool in ("host-netns", "floor"):
                 for action in ("up", "down"):
-                    r[f"{tool}_{action}"] = med(n, tool, action)
-            r["host_sandbox_up"] = r["host-netns_up"] / r["netlab_up"]
+                    if tool in timed:
+                        r[f"{tool}_{action}"] = med(n, tool, action)
+            if "host-netns" in timed:
+                r["host_sandbox_up"] = r["host-netns_up"] / r["netlab_up"]
             for action in ("up", "down"):
-                r[f"sandbox_floor_{action}"] = r[f"netlab_{action}"] / r[f"floor_{action}"]
-                r[f"host_floor_{action}"] = r[f"host-netns_{action}"] / r[f"floor_{action}"]
-            out.append(f"| {n} | {r['netlab_up']:.3f} | {r['host-netns_up']:.3f} | {r['floor_up']:.3f} | "
-                       f"{r['host_sandbox_up']:.2f}x | {r['sandbox_floor_up']:.2f}x | {r['host_floor_up']:.2f}x | "
-                       f"{r['netlab_down']:.3f} | {r['host-netns_down']:.3f} | {r['floor_down']:.3f} | "
-                       f"{r['sandbox_floor_down']:.2f}x | {r['host_floor_down']:.2f}x |")
+                if "floor" in timed:
+                    r[f"sandbox_floor_{action}"] = r[f"netlab_{action}"] / r[f"floor_{action}"]
+                if timed >= {"host-netns", "floor"}:
+                    r[f"host_floor_{action}"] = r[f"host-netns_{action}"] / r[f"floor_{action}"]
+
+            def cell(key, digits=3, unit=""):
+                return f"{r[key]:.{digits}f}{unit}" if key in r else "-"
+
+            out.append(f"| {n} | {cell('netlab_up')} | {cell('host-netns_up')} | {cell('floor_up')} | "
+                       f"{cell('host_sandbox_up', 2, 'x')} | {cell('sandbox_floor_up', 2, 'x')} | "
+                       f"{cell('host_floor_up', 2, 'x')} | {cell('netlab_down')} | {cell('host-netns_down')} | "
+                       f"{cell('floor_down')} | {cell('sandbox_floor_down', 2, 'x')} | "
+                       f"{cell('host_floor_down', 2, 'x')} |")
         rootless = self.user is not None
         if rootless:
             out.append("")
@@ -465,16 +481,17 @@ class Bench:
                 r["rootless_down_ratio"] = r["rootless_down"] / r["netlab_down"]
                 out.append(f"| {n} | {r['netlab_up']:.3f} | {r['rootless_up']:.3f} | {r['rootless_up_ratio']:.2f}x | "
                            f"{r['netlab_down']:.3f} | {r['rootless_down']:.3f} | {r['rootless_down_ratio']:.2f}x |")
-        out.append("")
-        out.append("The same lab split over two sandbox hosts (netlab.model.hosts: each host its bridge and half the "
-                   "namespaces and rules, the bridges joined by VXLAN, the hosts' plans run side by side after "
-                   "the underlay's), against it on one, in the same runs; each host's up from the lab record's "
-                   "timings (last run), and how long both were running at once:")
-        out.append("")
-        out.append("| N | one host up (s) | two hosts up (s) | two/one up | one host down (s) | two hosts down (s) "
-                   "| underlay up (s) | host a up (s) | host b up (s) | a and b at once (s) |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for n in sizes:
+        if "two-hosts" in timed:
+            out.append("")
+            out.append("The same lab split over two sandbox hosts (netlab.model.hosts: each host its bridge and half "
+                       "the namespaces and rules, the bridges joined by VXLAN, the hosts' plans run side by side after "
+                       "the underlay's), against it on one, in the same runs; each host's up from the lab record's "
+                       "timings (last run), and how long both were running at once:")
+            out.append("")
+            out.append("| N | one host up (s) | two hosts up (s) | two/one up | one host down (s) | two hosts down (s) "
+                       "| underlay up (s) | host a up (s) | host b up (s) | a and b at once (s) |")
+            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n in sizes if "two-hosts" in timed else ():
             r = summary[n]
             r["split_up"], r["split_down"] = med(n, "two-hosts", "up"), med(n, "two-hosts", "down")
             last = [s["timings"] for s in self.extra if s["action"] == "timings" and s["n"] == n][-1]
@@ -497,7 +514,7 @@ class Bench:
         out.append("")
         out.append("Each run, in seconds (run order):")
         for n in sizes:
-            for tool in ("netlab", "script", "host-netns", "floor", "two-hosts") + (("rootless",) if rootless else ()):
+            for tool in args.tools:
                 for action in ("up", "down"):
                     values = " ".join(f"{s['seconds']:.3f}" for s in pick(n, tool, action))
                     out.append(f"  N={n:<5} {tool:<10} {action:<4} {values}")
@@ -512,7 +529,7 @@ class Bench:
             targets.append(dict(target=name, result=("SKIP" if ok is None else "PASS" if ok else "FAIL"),
                                 detail=detail))
 
-        if 200 in summary:
+        if 200 in summary and "script" in timed:
             r = summary[200]
             target("N=200: up ratio >= 8 and netlab up < 1 s", r["up_ratio"] >= 8 and r["netlab_up"] < 1,
                    f"ratio {r['up_ratio']:.1f}x, netlab up {r['netlab_up']:.3f} s")
@@ -520,8 +537,9 @@ class Bench:
                    r["down_ratio"] >= 15 and r["netlab_down"] < 0.5,
                    f"ratio {r['down_ratio']:.1f}x, netlab down {r['netlab_down']:.3f} s")
         else:
-            target("N=200: up ratio >= 8 and netlab up < 1 s", None, "N=200 not measured")
-            target("N=200: down ratio >= 15 and netlab down < 0.5 s", None, "N=200 not measured")
+            why = "N=200 not measured" if 200 not in summary else "the script not timed (--tools)"
+            target("N=200: up ratio >= 8 and netlab up < 1 s", None, why)
+            target("N=200: down ratio >= 15 and netlab down < 0.5 s", None, why)
         for action in ("up", "down"):
             name = (f"flat per-namespace {action} cost: netlab {action} / N at the largest N <= 1.5 x the same at N=50 "
                     f"(lower is fine: start-up amortizes)")
@@ -533,17 +551,33 @@ class Bench:
                        f"without the CLI start ({version_s:.3f} s): {marginal[1]:.2f} vs {marginal[0]:.2f} ms")
             else:
                 target(name, None, "needs N=50 and a larger N")
+        # from N=200 up, the kernel's own cost per namespace grows (a bridge of more ports, longer
+        # chains): netlab's may grow as much as the floor script's, not more
+        name = ("flat per-namespace up cost from N=200 to the largest N: netlab's up / N grows at most 1.15x as "
+                "much as the floor script's")
+        if 200 in summary and largest > 200 and "floor" in timed:
+            growth = {tool: (summary[largest][f"{tool}_up"] / largest) / (summary[200][f"{tool}_up"] / 200)
+                      for tool in ("netlab", "floor")}
+            target(name, growth["netlab"] <= 1.15 * growth["floor"],
+                   f"netlab {summary[200]['netlab_up'] / 200 * 1000:.2f} -> "
+                   f"{summary[largest]['netlab_up'] / largest * 1000:.2f} ms ({growth['netlab']:.2f}x), "
+                   f"floor {summary[200]['floor_up'] / 200 * 1000:.2f} -> "
+                   f"{summary[largest]['floor_up'] / largest * 1000:.2f} ms ({growth['floor']:.2f}x)")
+        else:
+            target(name, None, "needs N=200, a larger N and the floor")
         names = ("N=200: up --host-netns within 1.15x of up --sandbox and 1.3x of the floor; down --host-netns "
                  "within 1.3x of the floor", "N=200: up --sandbox within 1.3x of the floor")
-        if 200 in summary:
+        if 200 in summary and timed >= {"host-netns", "floor"}:
             r = summary[200]
             target(names[0], r["host_sandbox_up"] <= 1.15 and r["host_floor_up"] <= 1.3 and r["host_floor_down"] <= 1.3,
                    f"up {r['host_sandbox_up']:.2f}x of sandbox, {r['host_floor_up']:.2f}x of floor; "
                    f"down {r['host_floor_down']:.2f}x of floor")
-            target(names[1], r["sandbox_floor_up"] <= 1.3, f"{r['sandbox_floor_up']:.2f}x")
         else:
-            for name in names:
-                target(name, None, "N=200 not measured")
+            target(names[0], None, "needs N=200, --host-netns and the floor")
+        if 200 in summary and "floor" in timed:
+            target(names[1], summary[200]["sandbox_floor_up"] <= 1.3, f"{summary[200]['sandbox_floor_up']:.2f}x")
+        else:
+            target(names[1], None, "needs N=200 and the floor")
         name = "N=200: rootless up and down within 1.3x of root"
         if rootless and 200 in summary:
             r = summary[200]
@@ -551,11 +585,13 @@ class Bench:
                    f"up {r['rootless_up_ratio']:.2f}x, down {r['rootless_down_ratio']:.2f}x")
         else:
             target(name, None, "N=200 not measured" if rootless else "--no-rootless")
-        if 1000 in summary:
-            mb = summary[1000]["netlab_up_peak_rss_mb"]
-            target("N=1000: netlab up peak RSS < 60 MB", mb < 60, f"{mb:.1f} MB")
-        else:
-            target("N=1000: netlab up peak RSS < 60 MB", None, "N=1000 not measured")
+        for n, limit in ((1000, 60), (5000, 100)):
+            name = f"N={n}: netlab down peak RSS < {limit} MB" + (" (and up's)" if n == 5000 else "")
+            if n in summary:
+                mb = (summary[n]["netlab_down_peak_rss_mb"], summary[n]["netlab_up_peak_rss_mb"])
+                target(name, mb[0] < limit and (n != 5000 or mb[1] < limit), f"down {mb[0]:.1f} MB, up {mb[1]:.1f} MB")
+            else:
+                target(name, None, f"N={n} not measured")
         if largest == 1000:
             target("N=1000: netlab plan --json < 1 s", plan_s < 1, f"{plan_s:.3f} s (rendered anew: {rendered_s:.3f} s)")
             target("N=1000: netlab status NAME < 1 s", live["status"] < 1, f"{live['status']:.3f} s")
@@ -652,6 +688,14 @@ def sizes_type(text):
     return list(dict.fromkeys(sizes))
 
 
+def tools_type(text):
+    tools = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [tool for tool in tools if tool not in TOOLS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{unknown[0]!r} is not one of {', '.join(TOOLS[1:])}")
+    return [tool for tool in TOOLS if tool == "netlab" or tool in tools]
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="scripts/bench.py",
@@ -676,6 +720,9 @@ def parse_args(argv):
                         help="the ordinary user who runs the rootless row (default: nobody)")
     parser.add_argument("--no-rootless", dest="rootless_user", action="store_const", const=None,
                         help="no rootless row")
+    parser.add_argument("--tools", type=tools_type, default=list(TOOLS), metavar="TOOL,...",
+                        help=f"what to time beside netlab (always timed): some of {', '.join(TOOLS[1:])} "
+                             f"(default: all)")
     parser.add_argument("--prefix", default="nlb",
                         help="start of the sandbox prefixes: PREFIX<N>n for netlab, PREFIX<N>s for the script "
                              "(default: nlb); no namespace named PREFIX* may exist before the run")
@@ -684,7 +731,9 @@ def parse_args(argv):
         args.python = str(DEFAULT_PYTHON) if os.access(DEFAULT_PYTHON, os.X_OK) else sys.executable
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    if args.rootless_user is not None:
+    if args.rootless_user is None:
+        args.tools = [tool for tool in args.tools if tool != "rootless"]
+    elif "rootless" in args.tools:
         try:
             pwd.getpwnam(args.rootless_user)
         except KeyError:
