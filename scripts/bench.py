@@ -92,7 +92,7 @@ TOOLS = ("netlab", "script", "host-netns", "floor", "two-hosts", "rootless")  # 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYTHON = ROOT / ".venv" / "bin" / "python"
 sys.path.insert(0, str(ROOT))
-from netlab.model.star import star_lab  # noqa: E402 - the standard library only (netlab's own imports are lazy)
+from netlab.model.star import bridge_of, extra_bridges, star_lab  # noqa: E402 - the standard library only (netlab's own imports are lazy)
 
 
 class Failed(Exception):
@@ -632,9 +632,13 @@ def floor_script(n: int, prefix: str) -> str:
     host = ["link set lo up", f"link add ens3 type veth peer name wan0 netns {prefix}-wan",
             "addr add 203.0.113.2/24 dev ens3", "link set ens3 up", "route add default via 203.0.113.1",
             "link add br0 type bridge", "link set br0 up", "addr add 10.10.0.1/16 dev br0"]
+    for k in extra_bridges(n):
+        host += [f"link add br{k} type bridge", f"link set br{k} up", f"link add brl{k} type veth peer name brl{k}p",
+                 f"link set brl{k} master br0", f"link set brl{k}p master br{k}", f"link set brl{k} up",
+                 f"link set brl{k}p up"]
     for i in range(n):
-        host += [f"link add veth{i} type veth peer name ceth{i} netns {prefix}-n{i}", f"link set veth{i} master br0",
-                 f"link set veth{i} up"]
+        host += [f"link add veth{i} type veth peer name ceth{i} netns {prefix}-n{i}",
+                 f"link set veth{i} master {bridge_of(i)}", f"link set veth{i} up"]
     wan = ["link set lo up", "addr add 203.0.113.1/24 dev wan0", "link set wan0 up", "addr add 198.51.100.1/32 dev lo"]
     rules = ["*nat", "-A POSTROUTING -s 10.10.0.0/16 ! -o br0 -j MASQUERADE",
              *(f"-A PREROUTING -d 203.0.113.2 -p tcp -m tcp --dport {10000 + i} -j DNAT --to-destination "

@@ -5,6 +5,9 @@ FORWARD rules, one DNAT per namespace) to any size, so that scripts/bench.py
 and the tests build the same topology. Split over two hosts, it is the same
 lab on two machines (netlab.model.hosts): each host its bridge and its half
 of the namespaces and their rules, the two bridges one segment over VXLAN.
+A kernel bridge takes at most 1023 ports, so from 1001 namespaces on a host
+the lab has more bridges, br1, br2, ..., each of up to 1000 of them and a
+veth to br0: still one segment, and br0 its only address.
 """
 
 from __future__ import annotations
@@ -12,6 +15,17 @@ from __future__ import annotations
 HOSTS = ("a", "b")  # of the split lab, with their underlay addresses below
 _UNDERLAY = {"a": "192.0.2.21", "b": "192.0.2.22"}
 _GATEWAY = {None: "10.10.0.1", "a": "10.10.0.1", "b": "10.10.255.254"}  # each host's own address on the segment
+PORTS_PER_BRIDGE = 1000  # below the kernel's 1023 (BR_MAX_PORTS less one), with room for the links to br0
+
+
+def bridge_of(place: int) -> str:
+    """The bridge the namespace at PLACE (counted on its host, from 0) plugs into."""
+    return f"br{place // PORTS_PER_BRIDGE}"
+
+
+def extra_bridges(count: int) -> range:
+    """The numbers of the bridges beside br0 on a host of COUNT namespaces."""
+    return range(1, (count + PORTS_PER_BRIDGE - 1) // PORTS_PER_BRIDGE)
 
 
 def star_lab(count: int, name: str = "star", split: bool = False) -> str:
@@ -26,6 +40,12 @@ def star_lab(count: int, name: str = "star", split: bool = False) -> str:
     def home(i):
         return HOSTS[0] if split and i < count // 2 else HOSTS[1] if split else None
 
+    def place(i):  # its place among its host's namespaces
+        return i - count // 2 if split and i >= count // 2 else i
+
+    def on_host(host):
+        return count if host is None else count // 2 if host == HOSTS[0] else count - count // 2
+
     lines = [
         f"name: {name}",
         f"title: {count} namespaces on one bridge" + (", split over two hosts" if split else ""),
@@ -39,13 +59,19 @@ def star_lab(count: int, name: str = "star", split: bool = False) -> str:
     for host in hosts:
         lines += ["  - bridge: br0", *on(host), "  - link: br0", "    up: true", *on(host),
                   f"  - address: {_GATEWAY[host]}/16", "    dev: br0", *on(host)]
+        for k in extra_bridges(on_host(host)):  # joined to br0 by a veth: one segment
+            lines += [f"  - bridge: br{k}", *on(host), f"  - link: br{k}", "    up: true", *on(host),
+                      f"  - veth: brl{k}", f"    peer: brl{k}p", *on(host),
+                      f"  - link: brl{k}", "    master: br0", *on(host), f"  - link: brl{k}p", f"    master: br{k}",
+                      *on(host), f"  - link: brl{k}", "    up: true", *on(host), f"  - link: brl{k}p", "    up: true",
+                      *on(host)]
     for i in range(count):
         address, host = i + 2, home(i)
         lines += [
             f"  - netns: n{i}", *on(host),
             f"  - veth: veth{i}", f"    peer: ceth{i}", *on(host),
             f"  - link: ceth{i}", f"    move_to: n{i}", *on(host),
-            f"  - link: veth{i}", "    master: br0", *on(host),
+            f"  - link: veth{i}", f"    master: {bridge_of(place(i))}", *on(host),
             f"  - link: veth{i}", "    up: true", *on(host),
             f"  - link: ceth{i}", "    up: true", f"    netns: n{i}",
             f"  - address: 10.10.{address // 256}.{address % 256}/16", f"    dev: ceth{i}", f"    netns: n{i}",
