@@ -99,7 +99,8 @@ def _make_plan(target: str, sandbox: Optional[str], assignments: List[str], host
     params = parse_overrides(assignments)
     plan = cached_plan(target, sandbox, host_netns, params, lambda: make_plan(target, sandbox, host_netns, params))
     if _several_hosts(plan) and not several_hosts:
-        raise InputError("a lab of several hosts is for plan, export, up, down, status, verify and exec, for now; "
+        raise InputError("a lab of several hosts is for plan, export, graph, up, down, status, verify, doctor and "
+                         "exec, for now; "
                          "this command takes a lab of one host", target)
     return plan
 
@@ -177,12 +178,13 @@ def _up_hosts(multi, verify: bool, refused: dict, ssh_opts: List[str], yes: bool
     raise NetlabError("a check failed; rolled back: every host is as it was")
 
 
-def _lab_executors(record: dict, ssh_opts: List[str]):
-    """The executor of each host of a lab of several hosts' RECORD (netlab.remote.hosts), in a `with`."""
+def _lab_executors(record: dict, ssh_opts: List[str], unreachable: Optional[dict] = None):
+    """The executor of each host of a lab of several hosts' RECORD (netlab.remote.hosts), in a `with`;
+    with UNREACHABLE, the hosts that cannot be reached left out (netlab.remote.hosts.executors)."""
     from netlab.remote.hosts import executors
 
     return executors([(part["host"], part["reach"]) for part in record["hosts"]], record["sandbox"] is not None,
-                     ssh_opts)
+                     ssh_opts, unreachable)
 
 
 @app.command("labs")
@@ -432,7 +434,10 @@ def down_command(
         if record is not None:  # a lab of several hosts: every one of them
             if step_by_step:
                 raise InputError("--step-by-step is not for a lab of several hosts, for now", None, "--step-by-step")
-            with _lab_executors(record, ssh_opts) as found:
+            unreachable: dict = {}
+            with _lab_executors(record, ssh_opts, unreachable) as found:
+                for host, why in unreachable.items():
+                    typer.echo(f"netlab: {host}: {why}; its part stays up, for a later `netlab down {name}`", err=True)
                 typer.echo(multi.down(record, found, reporter_for=lambda label: TerminalReporter(label=label)).summary)
             return
     with _host(remote, ssh_opts) as executor, TerminalReporter() as reporter:
@@ -685,13 +690,16 @@ def graph_command(
     live: bool = typer.Option(False, "--live", help=(
         "TARGET is the name of a lab that is up, even if a built-in lab or a file has that name.")),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE", help="Write to FILE, not stdout."),
+    ssh_opts: List[str] = _SSH_OPT_OPTION,
 ):
     """Draw a lab: its namespaces, bridges, veth ends with their addresses, NAT, port forwards and services.
 
     From a lab or a topology file (either form), as its plan would build it; or
     from a lab that is up, with each link and rule drawn in effect or missing,
-    from the same probes `status` uses (root). Exit code 0, or 1 when a live
-    lab has a step missing (it is drawn so).
+    from the same probes `status` uses (root). A lab of several hosts is one
+    picture: each host a box with its namespaces inside, each VXLAN segment a
+    line between its two devices. Exit code 0, or 1 when a live lab has a step
+    missing (it is drawn so).
 
     Example: netlab graph egress-ingress --sandbox -o lab4.svg
 
@@ -707,7 +715,16 @@ def graph_command(
         raise InputError(f"{fmt!r} is not a format (one of: {', '.join(FORMATS)})", None, "--format")
     _writable(output, "--output")
     states = None
-    if live or not (builtin_path(target) or os.path.exists(target)):
+    from netlab.run.multi import read_record
+
+    several = read_record(target) if live or not (builtin_path(target) or os.path.exists(target)) else None
+    if several is not None:  # a lab of several hosts that is up: each part's steps, live, where it runs
+        if sandbox is not None or host_netns is not None or assignments:
+            raise InputError("a lab that is up is drawn as it is: no --sandbox, --host-netns or --set",
+                             None, "TARGET")
+        pic, steps = _live_several_hosts(several, ssh_opts)
+        states = pic.states
+    elif live or not (builtin_path(target) or os.path.exists(target)):
         from netlab.check.status import read_lab, step_states
         from netlab.run.execute import local_executor
 
@@ -723,15 +740,23 @@ def graph_command(
             from netlab.model.source import not_found
 
             raise InputError(f"{not_found(target)}; and {error.message}", None, "TARGET") from None
-        steps, name = record.steps(), record.name
+        steps = record.steps()
         states = {state.index: state.state for state in step_states(record, executor)}
         names = lab_namespaces(record.header.get("sandbox"), record.header.get("host_netns"), steps)
+        pic = picture(record.name, steps, {real: own for own, real in names.items()}, states)
     else:
-        plan = _make_plan(target, sandbox, assignments, host_netns)
-        steps, name = plan.steps, plan.name
-        names = lab_namespaces(plan.sandbox.prefix if plan.sandbox else None, plan.host_netns, steps)
-    labels = {real: own for own, real in names.items()}
-    text = render(fmt, picture(name, steps, labels, states), steps)
+        plan = _make_plan(target, sandbox, assignments, host_netns, several_hosts=True)
+        if _several_hosts(plan):
+            from netlab.render.graph import several_hosts_picture
+
+            parts = ([("underlay", plan.underlay.steps, None)] if plan.underlay else []) + [
+                (part.host.name, part.plan.steps, None) for part in plan.parts]
+            pic, steps = several_hosts_picture(plan.name, parts, plan.sides)
+        else:
+            steps = plan.steps
+            names = lab_namespaces(plan.sandbox.prefix if plan.sandbox else None, plan.host_netns, steps)
+            pic = picture(plan.name, steps, {real: own for own, real in names.items()})
+    text = render(fmt, pic, steps)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -741,6 +766,25 @@ def graph_command(
         typer.echo(f"wrote {output}", err=True)
     if states and any(state in MISSING for state in states.values()):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _live_several_hosts(record: dict, ssh_opts: List[str]):
+    """The picture of the lab of several hosts RECORD that is up, each part's steps in their live
+    state on the host it runs on, and the steps it numbers (netlab.render.graph.several_hosts_picture)."""
+    from netlab.check.status import read_lab, step_states
+    from netlab.render.graph import several_hosts_picture
+    from netlab.run.execute import local_executor
+    from netlab.run.multi import parts
+
+    found = []
+    with _lab_executors(record, ssh_opts) as hosts:
+        for part in parts(record):
+            executor = hosts.get(part["host"]) or local_executor()
+            journal, _ = read_lab(part["journal"], action="graph", executor=executor)
+            found.append((part["host"], journal.steps(),
+                          {state.index: state.state for state in step_states(journal, executor)}))
+    sides = [(name, host, netns) for name, (host, netns) in record["sides"].items()]
+    return several_hosts_picture(record["name"], found, sides)
 
 
 @app.command("exec", context_settings={"ignore_unknown_options": True})

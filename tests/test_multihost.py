@@ -132,6 +132,21 @@ def test_nodes_and_links_make_a_bridge_on_each_host_with_a_port_on_it_and_join_t
     assert json.loads(again.stdout)["hosts"] == plan["hosts"]
 
 
+def test_graph_draws_each_host_with_its_namespaces_inside_and_the_vxlan_segment_between(state_dir):
+    result = netlab_cli(state_dir, "graph", NODES_LAB, "--format", "dot")
+    assert result.returncode == 0, result.stderr
+    dot = result.stdout
+    host_a, host_b = dot.index('label="host a"'), dot.index('label="host b"')
+    assert host_a < dot.index('label="ns1"') < host_b < dot.index('label="ns2"')  # each namespace inside its host
+    assert "n__a_vxlan100 -- n__b_vxlan100" in dot and 'label="VXLAN 100"' in dot
+    assert 'label="vxlan100\\nVXLAN 100 to 192.0.2.12"' in dot
+    sandboxed = netlab_cli(state_dir, "graph", NODES_LAB, "--sandbox", "nltm", "--format", "mermaid")
+    assert sandboxed.returncode == 0, sandboxed.stderr
+    assert 'subgraph n_side_nltm_wan["underlay and internet (nltm-wan)"]' in sandboxed.stdout
+    assert "n_nltm_a_ens3 ---|veth| n_nltm_wan_up_a" in sandboxed.stdout  # host a's uplink to the underlay
+    assert "n_nltm_a_vxlan100 ===|VXLAN 100| n_nltm_b_vxlan100" in sandboxed.stdout
+
+
 def test_without_a_sandbox_each_host_s_plan_is_for_that_machine(state_dir):
     result = netlab_cli(state_dir, "plan", LAB, "--json")
     assert result.returncode == 0, result.stderr
@@ -193,6 +208,12 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
         nowhere = netlab_cli(state_dir, "exec", sandbox_prefix, "ns9", "--", "true")
         assert nowhere.returncode == 2 and "'ns9' is not a side of" in nowhere.stderr
         sh("ip", "-n", f"{sandbox_prefix}-a", "link", "set", "vxlan100", "down", check=True)  # a's end of the segment
+        drawn = netlab_cli(state_dir, "graph", sandbox_prefix, "--format", "dot")
+        assert drawn.returncode == 1, drawn.stdout + drawn.stderr  # drawn, with a step missing
+        a_end = f'n_{sandbox_prefix.replace("-", "_")}_a_vxlan100'
+        assert re.search(rf'{a_end} \[.*color="red".*xlabel="down"', drawn.stdout), drawn.stdout  # the device, down
+        assert re.search(rf'{a_end} -- \S+_b_vxlan100 \[.*color="red".*label="VXLAN 100".*xlabel="down"',
+                         drawn.stdout), drawn.stdout
         doctor = netlab_cli(state_dir, "doctor", sandbox_prefix)
         assert doctor.returncode == 1, doctor.stdout + doctor.stderr
         causes = [line for line in doctor.stdout.splitlines() if line.startswith("cause: ")]
@@ -201,6 +222,8 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
         sh("ip", "-n", f"{sandbox_prefix}-a", "link", "set", "vxlan100", "up", check=True)  # the fix, as said
         doctor = netlab_cli(state_dir, "doctor", sandbox_prefix)
         assert doctor.returncode == 0 and "no problem found" in doctor.stdout, doctor.stdout + doctor.stderr
+        drawn = netlab_cli(state_dir, "graph", sandbox_prefix, "--format", "mermaid")
+        assert drawn.returncode == 0 and "===|VXLAN 100|" in drawn.stdout, drawn.stdout + drawn.stderr
         result = netlab_cli(state_dir, "down", sandbox_prefix)
         assert result.returncode == 0, result.stdout + result.stderr
         assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
@@ -468,5 +491,37 @@ def test_a_real_conflict_on_the_second_ssh_host_rolls_the_first_back_byte_for_by
         assert [host_state(host.server_netns) for host in (first, second)] == before
         assert not [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-ns")]
         assert not list(state_dir.glob("two-hosts*"))
+    finally:
+        over_ssh(first, config, state_dir, "down", "two-hosts")
+
+
+@pytest.mark.root
+def test_a_host_unreachable_at_down_stays_up_until_a_later_down_takes_it_down_too(two_ssh_hosts, state_dir,
+                                                                                  sandbox_prefix, tmp_path):
+    first, second, config = two_ssh_hosts
+    lab = real_lab(tmp_path, sandbox_prefix, first, second)
+    before = [host_state(host.server_netns) for host in (first, second)]
+    try:
+        result = over_ssh(first, config, state_dir, "up", lab)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        second.cut_link()  # b's packets stop both ways: its sshd cannot be reached
+        try:
+            result = over_ssh(first, config, state_dir, "down", "two-hosts", "--ssh-opt=-oConnectTimeout=3")
+        finally:
+            second.restore_link()  # the kernel dropped b's route to a with the link: the fixture's, again
+            sh("ip", "-n", second.server_netns, "route", "replace", "192.0.2.0/24", "via", second.client_address,
+               check=True)
+        assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+        lines = result.stderr.strip().splitlines()
+        assert lines[0].startswith(f"netlab: b: cannot connect to {second.remote}") and \
+            lines[0].endswith("its part stays up, for a later `netlab down two-hosts`"), lines
+        assert lines[-1] == "netlab: error: two-hosts: could not take down the part on b (above); the lab record " \
+                            "is kept: run `netlab down two-hosts` again", lines
+        assert host_state(first.server_netns) == before[0]  # a, reached, is down now
+        assert (state_dir / "two-hosts.lab").exists() and (second.remote_state_dir / "two-hosts.journal").exists()
+        result = over_ssh(first, config, state_dir, "down", "two-hosts")  # b reachable again
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert [host_state(host.server_netns) for host in (first, second)] == before
+        assert not list(state_dir.glob("two-hosts*")) and not list(second.remote_state_dir.glob("two-hosts*"))
     finally:
         over_ssh(first, config, state_dir, "down", "two-hosts")

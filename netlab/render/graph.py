@@ -8,6 +8,11 @@ two ends, a bridge's ports lines to the bridge, and the NAT rules, port
 forwards, default routes and services notes on their side. With the live
 state of each step (`status`), what a missing step made is drawn missing.
 
+A lab of several hosts (netlab.render.multi) is one picture of every part's
+steps: each host's own side a box of its own (in a sandbox its namespace, the
+underlay's bridge joining their uplinks), and each VXLAN segment a line
+between its two devices.
+
 Formats: `dot` (Graphviz's language), `svg` (dot's rendering; Graphviz runs
 as a program, like every tool netlab uses, and changes nothing), `mermaid`
 (a flowchart to paste into Markdown) and `html` (one page: the SVG and a
@@ -16,6 +21,7 @@ table of the steps).
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import shutil
 import subprocess
@@ -35,6 +41,7 @@ class Side:
     ifaces: Dict[str, List[str]] = field(default_factory=dict)  # name -> its addresses
     bridges: Dict[str, List[str]] = field(default_factory=dict)  # name -> its addresses
     notes: List[Tuple[str, int]] = field(default_factory=list)  # (text, the step that makes it)
+    within: Optional[str] = None  # in a lab of several hosts: the key of the host side a namespace is on
 
 
 @dataclass
@@ -44,10 +51,18 @@ class Picture:
     made: Dict[Tuple[Optional[str], str], int] = field(default_factory=dict)  # (netns, iface) -> step
     cables: List[Tuple[Tuple[Optional[str], str], Tuple[Optional[str], str], int]] = field(default_factory=list)
     ports: List[Tuple[Tuple[Optional[str], str], str, int]] = field(default_factory=list)  # (end, bridge, step)
+    tunnels: Dict[str, List[Tuple[Tuple[Optional[str], str], int]]] = field(default_factory=dict)  # VXLAN ends, by VNI
+    ups: Dict[Tuple[Optional[str], str], int] = field(default_factory=dict)  # (netns, iface) -> the step setting it up
     states: Dict[int, str] = field(default_factory=dict)
 
     def missing(self, step: int) -> bool:
         return self.states.get(step) in MISSING
+
+    def state_of(self, key: Tuple[Optional[str], str]) -> Optional[str]:
+        """`missing` when the step that made the link KEY is, `down` when only the one that set it up is."""
+        if key in self.made and self.missing(self.made[key]):
+            return "missing"
+        return "down" if key in self.ups and self.missing(self.ups[key]) else None
 
     def notes(self, side: Side) -> List[str]:
         """SIDE's notes, each marked when the step that makes it is missing."""
@@ -55,9 +70,10 @@ class Picture:
 
 
 def picture(name: str, steps: Sequence[Step], labels: Dict[Optional[str], str],
-            states: Optional[Dict[int, str]] = None) -> Picture:
+            states: Optional[Dict[int, str]] = None, roots: Optional[Sequence[str]] = None) -> Picture:
     """The picture of the lab NAME made by STEPS; LABELS names each real namespace as the lab
-    does (host, internet, ns0); STATES, when given, is each step's live state."""
+    does (host, internet, ns0); STATES, when given, is each step's live state. ROOTS, for the
+    steps of several hosts: each step's key for its host's root namespace (`@HOST`)."""
     pic = Picture(name, {}, states=dict(states or {}))
 
     def side(netns: Optional[str]) -> Side:
@@ -65,8 +81,8 @@ def picture(name: str, steps: Sequence[Step], labels: Dict[Optional[str], str],
             pic.sides[netns] = Side(labels.get(netns, netns or "host"))
         return pic.sides[netns]
 
-    for step in steps:
-        argv, netns = step.argv, step.netns
+    for i, step in enumerate(steps):
+        argv, netns = step.argv, step.netns if step.netns is not None or roots is None else roots[i]
         here = side(netns) if argv[:3] != ("ip", "netns", "add") and not _read_only(step) else None
         if argv[:3] == ("ip", "netns", "add"):
             side(argv[3])
@@ -82,8 +98,14 @@ def picture(name: str, steps: Sequence[Step], labels: Dict[Optional[str], str],
                     side(end_netns).ifaces.setdefault(end, [])
                     pic.made[end_netns, end] = step.index
                 pic.cables.append(((netns, argv[3]), (peer_netns, peer), step.index))
+            elif kind == "vxlan":
+                here.ifaces[argv[3]] = [f"VXLAN {_word_after(argv, 'id')} to {_word_after(argv, 'remote')}"]
+                pic.made[netns, argv[3]] = step.index
+                pic.tunnels.setdefault(_word_after(argv, "id"), []).append(((netns, argv[3]), step.index))
         elif argv[:3] == ("ip", "link", "set") and len(argv) >= 6 and argv[4] == "netns":
             _move(pic, (netns, argv[3]), argv[5], side)
+        elif argv[:3] == ("ip", "link", "set") and argv[-1] == "up" and len(argv) == 5:
+            pic.ups[netns, argv[3]] = step.index
         elif argv[:3] == ("ip", "link", "set") and len(argv) >= 6 and argv[4] == "master":
             pic.ports.append(((netns, argv[3]), argv[5], step.index))
         elif argv[:3] == ("ip", "addr", "add"):
@@ -109,6 +131,30 @@ def picture(name: str, steps: Sequence[Step], labels: Dict[Optional[str], str],
         if not (empty.ifaces or empty.bridges or empty.notes):
             empty.ifaces["lo"] = []
     return pic
+
+
+def several_hosts_picture(name: str, parts: Sequence[Tuple[str, Sequence[Step], Optional[Dict[int, str]]]],
+                          sides: Sequence[Tuple[str, Optional[str], Optional[str]]]) -> Tuple[Picture, List[Step]]:
+    """The picture of a lab of several hosts NAME: PARTS are (host, its steps, their live states or
+    None), the underlay first in a sandbox; SIDES (as netlab.render.multi.MultiPlan has them) are
+    (as the lab names it, its host, its namespace). Each host's own side is a box (`@HOST` where it
+    is the host's root namespace) with its namespaces inside; the steps are numbered through the
+    whole lab, in the order of PARTS, and returned so (what the picture's states refer to)."""
+    steps, roots, states = [], [], {}
+    for host, part_steps, part_states in parts:
+        for step in part_steps:
+            steps.append(dataclasses.replace(step, index=len(steps) + 1))
+            roots.append(f"@{host}")
+            if part_states is not None and step.index in part_states:
+                states[len(steps)] = part_states[step.index]
+    keys = {side: netns or f"@{host}" for side, host, netns in sides}
+    labels = {keys[side]: "underlay and internet" if side == "internet" else f"host {side}" if side == host else side
+              for side, host, netns in sides}
+    pic = picture(name, steps, labels, states, roots)
+    for side, host, netns in sides:
+        if host is not None and side != host and keys[side] in pic.sides:
+            pic.sides[keys[side]].within = keys[host]
+    return pic, steps
 
 
 def _read_only(step: Step) -> bool:
@@ -159,38 +205,54 @@ def _id(*parts) -> str:
 def to_dot(pic: Picture) -> str:
     lines = [f"graph {_quoted(pic.name)} {{", "  graph [rankdir=LR, fontname=Helvetica, fontsize=11];",
              "  node [fontname=Helvetica, fontsize=10];", "  edge [fontname=Helvetica, fontsize=9];"]
-    for k, (netns, side) in enumerate(pic.sides.items()):
-        lines += [f"  subgraph cluster_{k} {{", f"    label={_quoted(_title(netns, side))}; style=rounded; color=gray40;"]
+    numbers = {netns: k for k, netns in enumerate(pic.sides)}
+
+    def cluster(netns: Optional[str], side: Side, indent: str) -> None:
+        lines.extend([f"{indent}subgraph cluster_{numbers[netns]} {{",
+                      f"{indent}  label={_quoted(_title(netns, side))}; style=rounded; color=gray40;"])
         for bridge, addresses in side.bridges.items():
-            lines.append(_dot_node(pic, (netns, bridge), "box", ["bridge " + bridge, *addresses],
-                                   style="filled", fillcolor="lightblue"))
+            lines.append(f"{indent}  " + _dot_node(pic, (netns, bridge), "box", ["bridge " + bridge, *addresses],
+                                                   style="filled", fillcolor="lightblue"))
         for iface, addresses in side.ifaces.items():
-            lines.append(_dot_node(pic, (netns, iface), "ellipse", [iface, *addresses]))
+            lines.append(f"{indent}  " + _dot_node(pic, (netns, iface), "ellipse", [iface, *addresses]))
         if side.notes:
             text = "".join(_escaped(note) + "\\l" for note in pic.notes(side))
-            lines.append(f"    {_id(netns, 'notes')} [shape=note, fontsize=9, label=\"{text}\"];")
-        lines.append("  }")
+            lines.append(f"{indent}  {_id(netns, 'notes')} [shape=note, fontsize=9, label=\"{text}\"];")
+        for inner, inside in pic.sides.items():  # a namespace on a host of several: drawn in its box
+            if inside.within == netns and netns is not None:
+                cluster(inner, inside, indent + "  ")
+        lines.append(f"{indent}}}")
+
+    for netns, side in pic.sides.items():
+        if side.within is None or side.within not in pic.sides:
+            cluster(netns, side, "  ")
     for a, b, step in pic.cables:
         lines.append(f"  {_id(*a)} -- {_id(*b)} [{_attributes(pic, step, penwidth=2, label='veth')}];")
     for end, bridge, step in pic.ports:
         lines.append(f"  {_id(*end)} -- {_id(end[0], bridge)} [{_attributes(pic, step, style='dashed')}];")
+    for vni, ((a, _), (b, _)) in _segments(pic):
+        attributes = _attributes(pic, None, penwidth=3, color="darkgreen", label=f"VXLAN {vni}",
+                                 state=pic.state_of(a) or pic.state_of(b))
+        lines.append(f"  {_id(*a)} -- {_id(*b)} [{attributes}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 def _title(netns: Optional[str], side: Side) -> str:
     """A side as the lab names it, and its real namespace when that is another name."""
-    return side.label if netns in (None, side.label) else f"{side.label} ({netns})"
+    return side.label if netns in (None, side.label) or netns.startswith("@") else f"{side.label} ({netns})"
 
 
 def _dot_node(pic: Picture, key: Tuple[Optional[str], str], shape: str, label: List[str], **extra) -> str:
-    return f"    {_id(*key)} [{_attributes(pic, pic.made.get(key), shape=shape, label=chr(10).join(label), **extra)}];"
+    attributes = _attributes(pic, None, shape=shape, label=chr(10).join(label), state=pic.state_of(key), **extra)
+    return f"{_id(*key)} [{attributes}];"
 
 
-def _attributes(pic: Picture, step: Optional[int], **attributes) -> str:
-    """Graphviz attributes; what a missing step made, red and dotted."""
-    if step is not None and pic.missing(step):
-        attributes.update(color="red", fontcolor="red", style="dotted", xlabel="missing")
+def _attributes(pic: Picture, step: Optional[int], state: Optional[str] = None, **attributes) -> str:
+    """Graphviz attributes; what a missing STEP made (or what is in STATE: missing, down), red and dotted."""
+    state = state or ("missing" if step is not None and pic.missing(step) else None)
+    if state:
+        attributes.update(color="red", fontcolor="red", style="dotted", xlabel=state)
     return ", ".join(f"{key}={_quoted(str(value))}" for key, value in attributes.items())
 
 
@@ -205,21 +267,36 @@ def _quoted(text: str) -> str:
 
 def to_mermaid(pic: Picture) -> str:
     lines = ["flowchart LR"]
-    for netns, side in pic.sides.items():
-        lines.append(f"  subgraph {_id('side', netns)}[\"{_mermaid(_title(netns, side))}\"]")
+
+    def subgraph(netns: Optional[str], side: Side, indent: str) -> None:
+        lines.append(f"{indent}subgraph {_id('side', netns)}[\"{_mermaid(_title(netns, side))}\"]")
         for bridge, addresses in side.bridges.items():
-            lines.append(f"    {_id(netns, bridge)}[\"{_lines('bridge ' + bridge, *addresses)}\"]")
+            lines.append(f"{indent}  {_id(netns, bridge)}[\"{_lines('bridge ' + bridge, *addresses)}\"]")
         for iface, addresses in side.ifaces.items():
-            lines.append(f"    {_id(netns, iface)}([\"{_lines(iface, *addresses)}\"])")
+            lines.append(f"{indent}  {_id(netns, iface)}([\"{_lines(iface, *addresses)}\"])")
         if side.notes:
             text = _lines(*pic.notes(side))
-            lines.append(f"    {_id(netns, 'notes')}[/\"{text}\"/]")
-        lines.append("  end")
+            lines.append(f"{indent}  {_id(netns, 'notes')}[/\"{text}\"/]")
+        for inner, inside in pic.sides.items():  # as in to_dot
+            if inside.within == netns and netns is not None:
+                subgraph(inner, inside, indent + "  ")
+        lines.append(f"{indent}end")
+
+    for netns, side in pic.sides.items():
+        if side.within is None or side.within not in pic.sides:
+            subgraph(netns, side, "  ")
     for a, b, step in pic.cables:
         lines.append(f"  {_id(*a)} ---|{'missing' if pic.missing(step) else 'veth'}| {_id(*b)}")
     for end, bridge, step in pic.ports:
         lines.append(f"  {_id(*end)} -.-{'|missing|' if pic.missing(step) else ''} {_id(end[0], bridge)}")
+    for vni, ((a, _), (b, _)) in _segments(pic):
+        lines.append(f"  {_id(*a)} ===|VXLAN {vni}| {_id(*b)}")
     return "\n".join(lines) + "\n"
+
+
+def _segments(pic: Picture):
+    """(VNI, its two ends) of each VXLAN segment drawn whole (both hosts' devices)."""
+    return [(vni, ends) for vni, ends in pic.tunnels.items() if len(ends) == 2]
 
 
 def _lines(*texts: str) -> str:

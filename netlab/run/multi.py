@@ -93,7 +93,7 @@ def up(multi, executors: Dict[str, Executor], state_dir_path=None,
             raise _PartFailed(*failed[0])
     except BaseException as error:
         left = _take_down(done, executors, state_dir_path, reporter_for, down_part)
-        left += [entry["journal"] for entry in parts(record) if entry not in done
+        left += [entry["host"] for entry in parts(record) if entry not in done
                  and _journal_left(entry, executors, state_dir_path)]  # a failed part that could not roll back
         if not left:
             path.unlink(missing_ok=True)
@@ -102,7 +102,7 @@ def up(multi, executors: Dict[str, Executor], state_dir_path=None,
             raise
         where = f"host {error.host}" if isinstance(error, _PartFailed) else "the underlay"
         after = ("every host rolled back: all is as it was" if not left else
-                 f"could not take down {', '.join(left)}: run `netlab down {multi.name}`")
+                 f"could not take down the part on {', '.join(left)}: run `netlab down {multi.name}`")
         failure = NetlabError(f"{where}: {cause}; {after}")
         failure.exit_code = cause.exit_code  # bad input on a host is still bad input
         raise failure from None
@@ -141,22 +141,24 @@ class _PartFailed(Exception):
 def _take_down(parts: List[dict], executors: Dict[str, Executor], state_dir_path, reporter_for, down_part
                ) -> List[str]:
     """Take the PARTS (record entries) down, the hosts side by side, then the underlay (which holds
-    the hosts' namespaces in a sandbox); the journals of the ones that could not be."""
+    the hosts' namespaces in a sandbox); the hosts (or underlay) of the ones that could not be."""
     underlay = [part for part in parts if part["host"] == "underlay"]
     hosts = [part for part in parts if part["host"] != "underlay"]
 
     def one(part):
-        executor = local_executor() if part["host"] == "underlay" else executors[part["host"]]
+        executor = local_executor() if part["host"] == "underlay" else executors.get(part["host"])
+        if executor is None:  # not reached (netlab.remote.hosts): its part stays up, for a later down
+            return part["host"]
         try:
             down_part(part["journal"], _state_dir(executor, state_dir_path), reporter_for(part["host"]), executor,
                       exact=True)
         except NetlabError:
-            return part["journal"]
+            return part["host"]
         return None
 
     left = [name for name in _parallel(one, hosts, max(len(hosts), 1)) if name]
     if left:  # the underlay carries the hosts' namespaces: it stays while a host is up
-        return left + [part["journal"] for part in underlay]
+        return left + [part["host"] for part in underlay]
     return [name for name in map(one, underlay) if name]
 
 
@@ -169,7 +171,7 @@ def down(record: dict, executors: Dict[str, Executor], state_dir_path=None,
     name = record["name"]
     left = _take_down(parts(record), executors, state_dir_path, reporter_for, down_part)
     if left:
-        raise NetlabError(f"{name}: could not take down {', '.join(left)} (above); the lab record is kept: run "
-                          f"`netlab down {name}` again")
+        raise NetlabError(f"{name}: could not take down the part on {', '.join(left)} (above); the lab record is "
+                          f"kept: run `netlab down {name}` again")
     record_path(name, state_dir_path).unlink(missing_ok=True)
     return Outcome(name, len(parts(record)), 0, f"{name} is down on {len(record['hosts'])} hosts")
