@@ -108,7 +108,7 @@ def test_teardown_in_a_sandbox_deletes_the_namespaces_and_stops_the_service_firs
     undo = teardown(steps, [step.index for step in reversed(plan.steps)])
     service = next(step for step in plan.steps if step.service)
     assert undo.alone == [service.index]
-    assert undo.delete_input(steps) == "netns del nlx-ns0\nnetns del nlx-wan\nnetns del nlx-host\n"
+    assert undo.delete_input(steps) == "netns del nlx-host\nnetns del nlx-wan\nnetns del nlx-ns0\n"  # as made
     assert sorted(undo.covered + undo.delete + undo.alone) == [step.index for step in plan.steps]
     assert undo.rules == [] and undo.leftovers == []
 
@@ -143,8 +143,8 @@ def test_plan_show_batches_prints_what_up_runs():
     lines = run.stdout.splitlines()
     assert lines[0] == "# egress-ingress: 30 steps in 8 processes, 4 rounds (the batches of a round run side by side)"
     assert "    link add veth0 master br0 up type veth peer name ceth0 netns nl-ei-ns0    # 16, 17, 18, 20" in lines
-    assert lines[-4:] == ["  ip -force -batch -    # undoes steps 1-27, 29-30", "    netns del nl-ei-ns0",
-                          "    netns del nl-ei-wan", "    netns del nl-ei-host"]
+    assert lines[-4:] == ["  ip -force -batch -    # undoes steps 1-27, 29-30", "    netns del nl-ei-host",
+                          "    netns del nl-ei-wan", "    netns del nl-ei-ns0"]
     data = json.loads(subprocess.run(
         [sys.executable, "-m", "netlab", "plan", "egress-ingress", "--sandbox", "--show-batches", "--json"],
         capture_output=True, text=True, check=True).stdout)

@@ -110,8 +110,8 @@ class Step:
             argv=_words(data["argv"]),
             why=data["why"],
             undo=_words(data["undo"]),
-            probe=None if probe is None else Probe(_words(probe["netns"]), _words(probe["argv"]), probe["match"],
-                                                   probe["value"]),
+            probe=None if probe is None else Probe(_words(probe["netns"]), _words(probe["argv"]),
+                                                   _words(probe["match"]), probe["value"]),
             save=_words(data["save"]),
         )
 

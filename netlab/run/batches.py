@@ -425,7 +425,10 @@ def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[
     nothing of it goes with the lab's namespaces."""
     plan = Teardown()
     deleted = {created_netns(steps[index]): index for index in to_undo if created_netns(steps[index])}
-    plan.delete = list(deleted.values())
+    # in the order they were made: `ip netns del` unmounts each, and unmounting the oldest of
+    # many mounts first is linear, the newest first quadratic (0.03 s against 0.32 s for 3000)
+    plan.delete = sorted(deleted.values())
+    deleting = set(plan.delete)
     home: Dict[Tuple[Optional[str], str], Optional[str]] = {}  # where each veth end surely is
     for step in sorted(steps.values(), key=lambda step: step.index):
         veth = _veth(step.argv) if done is None or step.index in done else None
@@ -448,13 +451,13 @@ def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[
     rules: Dict[Optional[str], List[Unit]] = {}
     for index in to_undo:
         step = steps[index]
-        if index in deleted.values():
+        if index in deleting:
             continue
         lane = lane_of(step)
         on_link = lane == IP or step.argv[0] == "ip" and step.save is not None  # an MTU: a link's, saved first
         if (step.netns in deleted and (lane != SINGLE or on_link or step.argv[0] in ("sysctl", "tc"))
                 or on_link and (index in dying or (step.netns, _acts_on(step.argv)) in doomed
-                                or set(netns_mentions(step.argv)) & set(deleted))):
+                                or any(name in deleted for name in netns_mentions(step.argv)))):
             plan.covered.append(index)
         elif step.undo is None:
             continue  # a move: undone with its veth
