@@ -64,6 +64,14 @@ class Picture:
             return "missing"
         return "down" if key in self.ups and self.missing(self.ups[key]) else None
 
+    def inside(self, netns: Optional[str]) -> List[Tuple[Optional[str], Side]]:
+        """The sides drawn in NETNS's box (a host's namespaces, in a lab of several), or with
+        None the outermost ones."""
+        if netns is None:
+            return [(key, side) for key, side in self.sides.items() if side.within not in self.sides
+                    or side.within is None]
+        return [(key, side) for key, side in self.sides.items() if side.within == netns]
+
     def notes(self, side: Side) -> List[str]:
         """SIDE's notes, each marked when the step that makes it is missing."""
         return [note + (" (missing)" if self.missing(step) else "") for note, step in side.notes]
@@ -218,14 +226,12 @@ def to_dot(pic: Picture) -> str:
         if side.notes:
             text = "".join(_escaped(note) + "\\l" for note in pic.notes(side))
             lines.append(f"{indent}  {_id(netns, 'notes')} [shape=note, fontsize=9, label=\"{text}\"];")
-        for inner, inside in pic.sides.items():  # a namespace on a host of several: drawn in its box
-            if inside.within == netns and netns is not None:
-                cluster(inner, inside, indent + "  ")
+        for inner, inside in pic.inside(netns) if netns is not None else ():
+            cluster(inner, inside, indent + "  ")
         lines.append(f"{indent}}}")
 
-    for netns, side in pic.sides.items():
-        if side.within is None or side.within not in pic.sides:
-            cluster(netns, side, "  ")
+    for netns, side in pic.inside(None):
+        cluster(netns, side, "  ")
     for a, b, step in pic.cables:
         lines.append(f"  {_id(*a)} -- {_id(*b)} [{_attributes(pic, step, penwidth=2, label='veth')}];")
     for end, bridge, step in pic.ports:
@@ -277,14 +283,12 @@ def to_mermaid(pic: Picture) -> str:
         if side.notes:
             text = _lines(*pic.notes(side))
             lines.append(f"{indent}  {_id(netns, 'notes')}[/\"{text}\"/]")
-        for inner, inside in pic.sides.items():  # as in to_dot
-            if inside.within == netns and netns is not None:
-                subgraph(inner, inside, indent + "  ")
+        for inner, inside in pic.inside(netns) if netns is not None else ():
+            subgraph(inner, inside, indent + "  ")
         lines.append(f"{indent}end")
 
-    for netns, side in pic.sides.items():
-        if side.within is None or side.within not in pic.sides:
-            subgraph(netns, side, "  ")
+    for netns, side in pic.inside(None):
+        subgraph(netns, side, "  ")
     for a, b, step in pic.cables:
         lines.append(f"  {_id(*a)} ---|{'missing' if pic.missing(step) else 'veth'}| {_id(*b)}")
     for end, bridge, step in pic.ports:
