@@ -331,7 +331,8 @@ def _pause_point(records, path) -> None:
     with that key (and value N) is durable, so a test can kill it at that exact step
     instead of racing it. With $NETLAB_TEST_PAUSE_PARTS set to NAME=KEY:N,... (the
     parts of a lab of several hosts, run side by side), the part whose journal is
-    NAME stops at its point and waits there (for good: a kill test's), and once
+    NAME (or, where parts' journals share a name on hosts of their own, is at the
+    path NAME, less .journal) stops at its point and waits there (for good: a kill test's), and once
     every part named has, the process SIGSTOPs itself. Unset, these cost two
     dictionary lookups per write."""
     spec = os.environ.get(PAUSE)
@@ -341,8 +342,9 @@ def _pause_point(records, path) -> None:
     if not parts:
         return
     points = dict(part.split("=", 1) for part in parts.split(",") if "=" in part)
-    name = os.path.basename(path).rsplit(".", 1)[0]
-    if name not in points or not _matches(points[name], records):
+    base = str(path)[:-len(SUFFIX)] if str(path).endswith(SUFFIX) else str(path)
+    name = next((key for key in (os.path.basename(base), base) if key in points), None)
+    if name is None or not _matches(points[name], records):
         return
     with _PAUSED_LOCK:
         _PAUSED.add(name)
