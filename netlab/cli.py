@@ -717,14 +717,15 @@ def graph_command(
     states = None
     from netlab.run.multi import read_record
 
-    several = read_record(target) if live or not (builtin_path(target) or os.path.exists(target)) else None
+    a_name = live or not (builtin_path(target) or os.path.exists(target))  # of a lab that is up
+    several = read_record(target) if a_name else None
     if several is not None:  # a lab of several hosts that is up: each part's steps, live, where it runs
         if sandbox is not None or host_netns is not None or assignments:
             raise InputError("a lab that is up is drawn as it is: no --sandbox, --host-netns or --set",
                              None, "TARGET")
         pic, steps = _live_several_hosts(several, ssh_opts)
         states = pic.states
-    elif live or not (builtin_path(target) or os.path.exists(target)):
+    elif a_name:
         from netlab.check.status import read_lab, step_states
         from netlab.run.execute import local_executor
 

@@ -64,13 +64,13 @@ class Picture:
             return "missing"
         return "down" if key in self.ups and self.missing(self.ups[key]) else None
 
+    def outermost(self) -> List[Tuple[Optional[str], Side]]:
+        """The sides drawn in no other's box."""
+        return [(key, side) for key, side in self.sides.items() if side.within is None or side.within not in self.sides]
+
     def inside(self, netns: Optional[str]) -> List[Tuple[Optional[str], Side]]:
-        """The sides drawn in NETNS's box (a host's namespaces, in a lab of several), or with
-        None the outermost ones."""
-        if netns is None:
-            return [(key, side) for key, side in self.sides.items() if side.within not in self.sides
-                    or side.within is None]
-        return [(key, side) for key, side in self.sides.items() if side.within == netns]
+        """The sides drawn in NETNS's box (a host's namespaces, in a lab of several)."""
+        return [(key, side) for key, side in self.sides.items() if netns is not None and side.within == netns]
 
     def notes(self, side: Side) -> List[str]:
         """SIDE's notes, each marked when the step that makes it is missing."""
@@ -226,11 +226,11 @@ def to_dot(pic: Picture) -> str:
         if side.notes:
             text = "".join(_escaped(note) + "\\l" for note in pic.notes(side))
             lines.append(f"{indent}  {_id(netns, 'notes')} [shape=note, fontsize=9, label=\"{text}\"];")
-        for inner, inside in pic.inside(netns) if netns is not None else ():
+        for inner, inside in pic.inside(netns):
             cluster(inner, inside, indent + "  ")
         lines.append(f"{indent}}}")
 
-    for netns, side in pic.inside(None):
+    for netns, side in pic.outermost():
         cluster(netns, side, "  ")
     for a, b, step in pic.cables:
         lines.append(f"  {_id(*a)} -- {_id(*b)} [{_attributes(pic, step, penwidth=2, label='veth')}];")
@@ -283,11 +283,11 @@ def to_mermaid(pic: Picture) -> str:
         if side.notes:
             text = _lines(*pic.notes(side))
             lines.append(f"{indent}  {_id(netns, 'notes')}[/\"{text}\"/]")
-        for inner, inside in pic.inside(netns) if netns is not None else ():
+        for inner, inside in pic.inside(netns):
             subgraph(inner, inside, indent + "  ")
         lines.append(f"{indent}end")
 
-    for netns, side in pic.inside(None):
+    for netns, side in pic.outermost():
         subgraph(netns, side, "  ")
     for a, b, step in pic.cables:
         lines.append(f"  {_id(*a)} ---|{'missing' if pic.missing(step) else 'veth'}| {_id(*b)}")

@@ -113,7 +113,7 @@ class Journal:
                 record, stop = None, end
             start, good = end + 1, not text[stop:end].strip()
             if good and isinstance(record, dict):
-                parsed.append(_Mark(*record.items()) if _is_mark(record) else record)
+                parsed.append(_Mark(*record.items()) if _is_mark(record) else record)  # _Mark((KEY, N))
         if not parsed or parsed[0].get("netlab_journal") != FORMAT:
             raise NetlabError(f"{path} is not a netlab journal (format {FORMAT}); remove it if no lab is up")
         journal = cls(path, parsed[0], parsed[1:])
@@ -284,9 +284,6 @@ class _Mark(tuple):
     for every step."""
 
     __slots__ = ()
-
-    def __new__(cls, item):
-        return tuple.__new__(cls, item)
 
     def get(self, key, default=None):
         return tuple.__getitem__(self, 1) if key == tuple.__getitem__(self, 0) else default
