@@ -525,3 +525,55 @@ def test_a_host_unreachable_at_down_stays_up_until_a_later_down_takes_it_down_to
         assert not list(state_dir.glob("two-hosts*")) and not list(second.remote_state_dir.glob("two-hosts*"))
     finally:
         over_ssh(first, config, state_dir, "down", "two-hosts")
+
+
+SSH_KILL_POINTS = [  # as KILL_POINTS, each host's journal on that host (no underlay: the hosts route)
+    {"a": "start:1", "b": "start:1"},
+    {"a": "done:5", "b": "start:4"},
+    {"a": "done:13", "b": "done:6"},
+    {"a": "start:11", "b": "done:12"},
+    {"a": "done:2", "b": "done:12"},
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("points", SSH_KILL_POINTS, ids=["-".join(f"{k}.{v}" for k, v in p.items())
+                                                         for p in SSH_KILL_POINTS])
+def test_kill_9_of_up_over_ssh_with_both_hosts_half_done_then_down_restores_both(two_ssh_hosts, state_dir,
+                                                                                 sandbox_prefix, tmp_path, points):
+    """As the sandbox's kill test, with each host a real sshd: the parts' journals are on their hosts
+    (named by path), and `down` right after the kill finds each host's lock free and both restored."""
+    first, second, config = two_ssh_hosts
+    lab = real_lab(tmp_path, sandbox_prefix, first, second)
+    hosts = {"a": first, "b": second}
+    before = [host_state(host.server_netns) for host in (first, second)]
+    env = {**os.environ, "NETLAB_STATE_DIR": str(state_dir),
+           "NETLAB_TEST_PAUSE_PARTS": ",".join(f"{hosts[part].remote_state_dir / 'two-hosts'}={point}"
+                                               for part, point in points.items())}
+    env.pop("NETLAB_TEST_PAUSE", None)
+    process = subprocess.Popen(first.client_argv([sys.executable, "-m", "netlab", "up", str(lab), "--ssh-opt=-F",
+                                                  f"--ssh-opt={config}"]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_stopped(process)  # ip netns exec execs netlab: the same pid
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        for part, point in points.items():
+            key, value = point.split(":")
+            assert int(value) in journal_records(hosts[part].remote_state_dir / "two-hosts.journal", key)
+        assert (state_dir / "two-hosts.lab").exists()
+        result = over_ssh(first, config, state_dir, "down", "two-hosts")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.stdout.strip().splitlines()[-1] == "two-hosts is down on 2 hosts"
+        assert [host_state(host.server_netns) for host in (first, second)] == before
+        assert not [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-ns")]
+        assert not list(state_dir.glob("two-hosts*"))
+        for host in (first, second):
+            assert not list(host.remote_state_dir.glob("two-hosts*"))
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+        process.stderr.close()
+        over_ssh(first, config, state_dir, "down", "two-hosts")

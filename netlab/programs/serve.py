@@ -306,6 +306,15 @@ def start_time(pid: int) -> str:
     return _stat(pid)[19]
 
 
+def running_start_time(pid: int) -> Optional[str]:
+    """The start time of process PID while it runs (None once it has ended, also as a zombie)."""
+    try:
+        fields = _stat(pid)
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
 def record_server(path: str, index: str, pid: int) -> None:
     """Append `pid INDEX PID START` to the exported script's journal at PATH, durably, before
     the script goes on: its down (and rollback) stops exactly that process."""

@@ -382,8 +382,10 @@ class RemoteExecutor(Executor):
         return ["ssh", *(["-t"] if tty else []), *self.remote.ssh_arguments(*_DEFAULTS), remote_command]
 
     def holder(self) -> str:
-        """The pid of a remote shell that lives as long as this run holds its connection: a
-        remote lock names it, and is stale once that process is gone (netlab.remote.state).
+        """PID@OWNER: the pid of a remote shell that lives as long as this run holds its connection,
+        and OWNER (this machine's boot id, this process's pid and start time). A remote lock names
+        it, and is stale once that shell is gone, or may be ended at once by a netlab on this
+        machine that sees OWNER gone (netlab.remote.state).
         It ends when its stdin closes (netlab or the master died), and, after a link went
         silent, when no heartbeat came for HOLDER_TIMEOUT seconds (sshd may not notice a
         dead connection for hours)."""
@@ -398,7 +400,7 @@ class RemoteExecutor(Executor):
                 stop = threading.Event()
                 beat = threading.Thread(target=_heartbeat, args=(process, stop), daemon=True)
                 beat.start()
-                self._holder = (process, stop, pid)
+                self._holder = (process, stop, f"{pid}@{_owner()}")
             return self._holder[2]
 
     def close(self) -> None:
@@ -411,6 +413,14 @@ class RemoteExecutor(Executor):
             except Exception:  # gone with the connection already
                 process.kill()
             self._holder = None
+
+
+def _owner() -> str:
+    """This process, for a remote lock: this machine's boot id, its pid and its start time."""
+    from netlab.programs.serve import start_time
+    from netlab.run.journal import boot_id
+
+    return f"{boot_id()}/{os.getpid()}/{start_time(os.getpid())}"
 
 
 HOLDER_TIMEOUT = 30  # seconds without a heartbeat after which the remote lock holder ends

@@ -58,7 +58,18 @@ if [ ! -e "$d" ] && [ ! -L "$d" ] && [ "$2" = create ]; then (umask 077 && mkdir
 if [ -e "$d" ] || [ -L "$d" ]; then trusted "$d" d; chmod 700 "$d" || exit 3; fi
 printf '%s\n' "$d"
 '''
-_LOCK = r'''
+# alive PID: PID runs (a zombie does not: an init slow to reap leaves a dead holder one, and `kill -0`
+# would call it alive). holder TOKEN: the holder's pid, from the lock's target PID[@OWNER].
+_ALIVE = r'''
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  case ${s##*')'} in ' Z'* | ' X'*) return 1 ;; esac
+  return 0
+}
+holder() { printf '%s\n' "${1%%@*}"; }
+'''
+_LOCK = _ALIVE + r'''
 command -v readlink >/dev/null || { echo "readlink is missing" >&2; exit 4; }
 l=$1/$2.lock
 n=0
@@ -69,10 +80,10 @@ while [ $n -lt 100 ]; do
     if [ -e "$l" ]; then echo "$l is not a netlab lock" >&2; exit 4; fi
     continue
   fi
-  p=$(readlink "$l") || continue
-  if kill -0 "$p" 2>/dev/null; then printf '%s\n' "$p"; exit 3; fi
+  t=$(readlink "$l") || continue
+  if alive "$(holder "$t")"; then printf '%s\n' "$t"; exit 3; fi
   if mkdir "$l.take" 2>/dev/null; then  # one taker at a time; it removes the lock only if still stale
-    [ "$(readlink "$l" 2>/dev/null)" = "$p" ] && rm -f "$l"
+    [ "$(readlink "$l" 2>/dev/null)" = "$t" ] && rm -f "$l"
     rmdir "$l.take"
   else
     sleep 1
@@ -80,8 +91,24 @@ while [ $n -lt 100 ]; do
 done
 echo "cannot take $l" >&2; exit 4
 '''
+# break DIR NAME TOKEN: end the holder of a lock whose owner is known dead (it would end on its own, a
+# moment later), and remove the lock if it is still TOKEN's; exit 3 if the holder will not end.
+_BREAK = _ALIVE + r'''
+l=$1/$2.lock
+[ "$(readlink "$l" 2>/dev/null)" = "$3" ] || exit 0
+p=$(holder "$3")
+kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
+n=0
+while alive "$p"; do
+  n=$((n + 1))
+  [ $n -gt 100 ] && exit 3
+  sleep 0.05 2>/dev/null || sleep 1
+done
+[ "$(readlink "$l" 2>/dev/null)" = "$3" ] && rm -f "$l"
+exit 0
+'''
 _UNLOCK = r'''[ "$(readlink "$1/$2.lock" 2>/dev/null)" = "$3" ] && rm -f "$1/$2.lock"; exit 0'''
-_HELD = r'''p=$(readlink "$1/$2.lock" 2>/dev/null) && kill -0 "$p" 2>/dev/null'''
+_HELD = _ALIVE + r'''t=$(readlink "$1/$2.lock" 2>/dev/null) && alive "$(holder "$t")"'''
 _READ = _TRUSTED + r'''[ -e "$1" ] || [ -L "$1" ] || exit 3; trusted "$1" f; cat "$1"'''
 _CREATE = r'''
 t=$(dirname "$1")/.$(basename "$1").$$.tmp
@@ -180,6 +207,17 @@ class RemoteStore(Store):
         return sorted(journals, key=lambda journal: journal.name)
 
 
+def owner_gone(token: str) -> bool:
+    """Whether the netlab that holds a remote lock (its TOKEN, RemoteExecutor.holder) ran on this
+    machine and has ended: then its holder there is on its way out, and may be ended now."""
+    from netlab.programs.serve import running_start_time
+    from netlab.run.journal import boot_id
+
+    boot, _, owner = token.partition("@")[2].partition("/")
+    pid, _, started = owner.partition("/")
+    return boot == boot_id() and pid.isdigit() and running_start_time(int(pid)) != started
+
+
 class RemoteLock:
     """The lab's lock on the remote host; a second holder fails at once, as locally."""
 
@@ -191,10 +229,13 @@ class RemoteLock:
     def acquire(self) -> "RemoteLock":
         holder = self.store.executor.holder()
         said = self.store._sh(_LOCK, str(self.store.directory), self.name, holder)
+        if said.code == 3 and owner_gone(said.stdout.strip()):  # its netlab was killed here: no wait for its end
+            if self.store._sh(_BREAK, str(self.store.directory), self.name, said.stdout.strip()).ok:
+                said = self.store._sh(_LOCK, str(self.store.directory), self.name, holder)
         if said.code == 3:
             label = self.store.executor.remote.label
             raise LabBusy(f"{self.name} is busy{self.store.where}: another netlab up or down of it holds its "
-                          f"lock (through the shell pid {said.stdout.strip()} there, which ends with that run's "
+                          f"lock (through the shell pid {said.stdout.strip().partition('@')[0]} there, which ends with that run's "
                           f"connection); wait for it, or check `netlab status --remote {label}`")
         if not said.ok:
             raise NetlabError(f"cannot lock {self.name}{self.store.where}: {said.stderr.strip()}")

@@ -149,10 +149,11 @@ def _take_down(parts: List[dict], executors: Dict[str, Executor], state_dir_path
         executor = local_executor() if part["host"] == "underlay" else executors.get(part["host"])
         if executor is None:  # not reached (netlab.remote.hosts): its part stays up, for a later down
             return part["host"]
+        reporter = reporter_for(part["host"])
         try:
-            down_part(part["journal"], _state_dir(executor, state_dir_path), reporter_for(part["host"]), executor,
-                      exact=True)
-        except NetlabError:
+            down_part(part["journal"], _state_dir(executor, state_dir_path), reporter, executor, exact=True)
+        except NetlabError as error:
+            reporter.warn(str(error))
             return part["host"]
         return None
 

@@ -89,17 +89,6 @@ def subordinate_maps() -> tuple:
 
 
 # ------------------------------------------------------------ the keeper
-def _start_time(pid: int) -> Optional[str]:
-    """The start time of process PID while it runs (not once it has ended, a zombie)."""
-    from netlab.programs.serve import _stat
-
-    try:
-        fields = _stat(pid)
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def _child_of(pid: int) -> Optional[int]:
     """The one child of process PID (unshare's: the keeper, PID 1 of the lab)."""
     try:
@@ -127,7 +116,9 @@ class Keeper:
 
     @property
     def alive(self) -> bool:
-        return _start_time(self.pid) == self.started
+        from netlab.programs.serve import running_start_time
+
+        return running_start_time(self.pid) == self.started
 
     def end(self) -> None:
         """Kill it, and so every process of the lab and its namespaces; wait until it is gone."""
@@ -195,7 +186,9 @@ def _spawn(maps: tuple):
         said = process.stdout.readline().strip()
         timer.cancel()
         keeper_pid = _child_of(process.pid) if said == READY else None
-        started = _start_time(keeper_pid) if keeper_pid else None
+        from netlab.programs.serve import running_start_time
+
+        started = running_start_time(keeper_pid) if keeper_pid else None
         if started is None:
             rest = " ".join(part for part in (said, process.stdout.read().strip()) if part)
             _kill(process)
