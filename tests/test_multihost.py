@@ -338,6 +338,10 @@ def test_kill_9_of_up_with_both_hosts_half_done_then_down_restores_every_host(st
                                stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_stopped(process)
+        for action in (("up", LAB, "--sandbox", sandbox_prefix), ("down", sandbox_prefix)):  # while it holds the lab
+            second = netlab_cli(state_dir, *action)
+            assert second.returncode == 1 and second.stderr.startswith(f"netlab: error: {sandbox_prefix} is busy: "
+                                                                       "another netlab up or down of it"), second
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
         for part, point in points.items():

@@ -395,3 +395,21 @@ def test_a_link_that_dies_silently_mid_up_frees_the_lock_and_down_restores(remot
     assert result.returncode == 0, result.stderr
     assert snapshot(name) == {}
     assert not remote.journal(name).exists()
+
+
+def test_a_remote_lock_s_owner_is_gone_only_when_it_ran_on_this_machine_and_has_ended():
+    """The owner part of a remote lock (PID@BOOT/OWNER_PID/START): a netlab here that ended lets
+    the next one here break the lock at once; a live one, another machine's or an old lock's never."""
+    from netlab.programs.serve import start_time
+    from netlab.remote.state import owner_gone
+    from netlab.run.journal import boot_id
+
+    ended = subprocess.Popen(["true"])
+    started = start_time(ended.pid)
+    ended.wait()
+    here = boot_id()
+    assert owner_gone(f"123@{here}/{ended.pid}/{started}")
+    assert not owner_gone(f"123@{here}/{os.getpid()}/{start_time(os.getpid())}")
+    assert owner_gone(f"123@{here}/{os.getpid()}/1")  # that pid now names a later process
+    assert not owner_gone(f"123@another-boot/{ended.pid}/{started}")
+    assert not owner_gone("123")  # a lock without an owner: only its holder's end frees it

@@ -160,23 +160,21 @@ def load(target: str, params: Optional[Mapping[str, str]] = None, sandbox: bool 
 def read_yaml(text: str, label: str):
     """TEXT as plain data (YAML's safe subset); a key given twice is an error, as is a key
     that is not a plain word, a control character in any text, and a file built to hurt
-    (too large, too deep, too many aliases: refused before it is built). libyaml parses
-    when it is there (a large lab in a blink)."""
+    (too large, too deep, too many aliases: refused as the parser reaches it, and an alias is
+    its anchor's one value, never a copy). libyaml parses when it is there (a large lab in a
+    blink); the data is built from the parser's events as they come, with no tree of YAML
+    nodes, which for a lab of thousands of namespaces would take many times its size."""
     import yaml
 
     if len(text) > MAX_BYTES:
         raise InputError(f"{len(text)} bytes is more than a topology file may hold ({MAX_BYTES})", label)
     try:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
-            _prescan(yaml.parse(text, Loader=loader), label)
-            node = yaml.compose(text, Loader=loader)
+            return _build(yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), label)
         except yaml.YAMLError as error:  # the same error again, in PyYAML's own words
             if "maximum nesting depth" in str(error):  # libyaml's own bound, far above ours
                 raise InputError(f"nested deeper than {MAX_DEPTH} levels; a lab needs four", label) from None
-            _prescan(yaml.parse(text, Loader=yaml.SafeLoader), label)
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        return None if node is None else _construct(node, label, yaml.constructor.SafeConstructor(), "", {}, set())
+            return _build(yaml.parse(text, Loader=yaml.SafeLoader), label)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
@@ -187,64 +185,119 @@ def read_yaml(text: str, label: str):
 _STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 
 
-def _prescan(events, label: str) -> None:
-    """Refuse, from the parser's flat stream of events and before anything is built, a
-    document nested deeper than MAX_DEPTH or with more than MAX_ALIASES aliases."""
-    import yaml
+class _Open:
+    """A mapping or sequence being built: its value, where it is (PATH, for messages), its
+    anchor, and for a mapping the key whose value comes next (and the key's line)."""
 
-    depth = aliases = 0
+    __slots__ = ("data", "path", "anchor", "key", "line")
+    NO_KEY = object()
+
+    def __init__(self, data, path: str, anchor: Optional[str]):
+        self.data, self.path, self.anchor, self.key, self.line = data, path, anchor, self.NO_KEY, 0
+
+    def child_path(self) -> str:
+        """The path of the value that comes next in it: a key's is the mapping's own."""
+        if isinstance(self.data, list):
+            return f"{self.path}[{len(self.data) + 1}]"
+        if self.key is self.NO_KEY:
+            return self.path
+        return f"{self.path}.{self.key}" if self.path else str(self.key)
+
+
+def _build(events, label: str):
+    """Python data from the parser's EVENTS: mappings to dicts (keys checked), sequences to
+    lists, scalars by their resolved tag (a SafeConstructor does the rare ones; a tag it does
+    not know is refused). An alias is its anchor's value again; one met while that value is
+    still being built (it would hold itself) is a cycle, refused. The errors of PyYAML's
+    composer (a second document, an undefined or duplicate anchor) are its own."""
+    import yaml
+    from yaml.composer import ComposerError
+
+    resolver, scalars = yaml.resolver.Resolver(), yaml.constructor.SafeConstructor()
+    anchors: dict = {}  # anchor -> (its value, its mark)
+    building: set = set()  # anchors whose collection is still open
+    stack: List[_Open] = []
+    result, documents, aliases = None, None, 0
+
+    def put(value, mark) -> None:
+        nonlocal result
+        if not stack:
+            result = value
+            return
+        top = stack[-1]
+        if isinstance(top.data, list):
+            top.data.append(value)
+        elif top.key is _Open.NO_KEY:
+            line = mark.line + 1
+            if not isinstance(value, (str, int, float, bool)) and value is not None:
+                raise InputError(f"line {line}: a key must be a plain word, not {type(value).__name__}", label)
+            if value in top.data:
+                raise InputError(f"line {line}: key {shown(str(value))} appears twice", label)
+            top.key, top.line = value, line
+        else:
+            top.data[top.key] = value
+            top.key = _Open.NO_KEY
+
+    def anchored(event, value) -> None:
+        if event.anchor is None:
+            return
+        if event.anchor in anchors:
+            raise ComposerError(f"found duplicate anchor {event.anchor!r}; first occurrence",
+                                anchors[event.anchor][1], "second occurrence", event.start_mark)
+        anchors[event.anchor] = (value, event.start_mark)
+
     for event in events:
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
+        if isinstance(event, yaml.ScalarEvent):
+            path = stack[-1].child_path() if stack else ""
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+            if tag != _STR:
+                node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+                value = scalars.construct_object(node)  # refuses what the safe subset does not know
+                scalars.constructed_objects.clear()
+            elif CONTROL.search(event.value):
+                where = f"{path}: " if path else ""
+                raise InputError(f"line {event.start_mark.line + 1}: {where}{shown(event.value)} has a control "
+                                 f"character (U+{ord(CONTROL.search(event.value).group()):04X}), which no field may "
+                                 "hold", label)
+            else:
+                value = event.value
+            anchored(event, value)
+            put(value, event.start_mark)
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if len(stack) >= MAX_DEPTH:
                 raise InputError(f"line {event.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels; "
                                  "a lab needs four", label)
+            mapping = isinstance(event, yaml.MappingStartEvent)
+            if event.tag not in (None, "!", _MAP if mapping else _SEQ):
+                node_class = yaml.MappingNode if mapping else yaml.SequenceNode
+                scalars.construct_object(node_class(event.tag, [], event.start_mark, event.end_mark))  # unknown: refused
+                raise InputError(f"line {event.start_mark.line + 1}: the tag {event.tag!r} makes no plain data", label)
+            opened = _Open({} if mapping else [], stack[-1].child_path() if stack else "", event.anchor)
+            anchored(event, opened.data)
+            if event.anchor is not None:
+                building.add(event.anchor)
+            stack.append(opened)
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
+            done = stack.pop()
+            building.discard(done.anchor)
+            put(done.data, event.start_mark)
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
+            line = event.start_mark.line + 1
             if aliases > MAX_ALIASES:
-                raise InputError(f"line {event.start_mark.line + 1}: more than {MAX_ALIASES} aliases", label)
-
-
-def _construct(node, label: str, scalars, path: str, built: dict, building: set):
-    """Python data from a composed YAML node at PATH: mappings to dicts (keys checked),
-    sequences to lists, scalars by their resolved tag (SCALARS, a SafeConstructor, does the
-    rare ones). An alias is its anchor's node again: BUILT (by node) gives it the value
-    already made, so nested aliases cost nothing, as in PyYAML's own constructor; one met
-    again while BUILDING it (its own value holds it) is a cycle, refused."""
-    import yaml
-
-    if id(node) in built:
-        if id(node) in building:  # an alias inside its own anchor's value
-            raise InputError(f"line {node.start_mark.line + 1}: {path or 'the file'}: an alias refers to a value "
-                             "that holds it (a cycle)", label)
-        return built[id(node)]
-    if node.tag not in (_MAP, _SEQ, _STR):
-        return scalars.construct_object(node)  # refuses what the safe subset does not know
-    if isinstance(node, yaml.MappingNode):
-        data = built[id(node)] = {}
-        building.add(id(node))
-        for key_node, value_node in node.value:
-            key = _construct(key_node, label, scalars, path, built, building)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise InputError(f"line {line}: a key must be a plain word, not {type(key).__name__}", label)
-            if key in data:
-                raise InputError(f"line {line}: key {shown(str(key))} appears twice", label)
-            data[key] = _construct(value_node, label, scalars, f"{path}.{key}" if path else str(key), built,
-                                   building)
-        building.discard(id(node))
-        return data
-    if isinstance(node, yaml.SequenceNode):
-        data = built[id(node)] = []
-        building.add(id(node))
-        data.extend(_construct(item, label, scalars, f"{path}[{i + 1}]", built, building)
-                    for i, item in enumerate(node.value))
-        building.discard(id(node))
-        return data
-    if CONTROL.search(node.value):
-        where = f"{path}: " if path else ""
-        raise InputError(f"line {node.start_mark.line + 1}: {where}{shown(node.value)} has a control character "
-                         f"(U+{ord(CONTROL.search(node.value).group()):04X}), which no field may hold", label)
-    return node.value
+                raise InputError(f"line {line}: more than {MAX_ALIASES} aliases", label)
+            if event.anchor not in anchors:
+                raise ComposerError(None, None, f"found undefined alias {event.anchor!r}", event.start_mark)
+            if event.anchor in building:  # said at the line of the value that would hold itself
+                path = stack[-1].child_path() if stack else ""
+                raise InputError(f"line {anchors[event.anchor][1].line + 1}: {path or 'the file'}: an alias refers to a value that holds it "
+                                 "(a cycle)", label)
+            put(anchors[event.anchor][0], event.start_mark)
+        elif isinstance(event, yaml.DocumentStartEvent):
+            if documents is not None:
+                raise ComposerError("expected a single document in the stream", documents,
+                                    "but found another document", event.start_mark)
+            documents = event.start_mark
+    return result

@@ -11,20 +11,23 @@ all, also after `up` was killed. If any part fails, every part is taken down
 again (the failed one has rolled itself back), the underlay last: either the
 whole lab is up, or none of it. `down` takes the hosts down side by side,
 then the underlay, and forgets the record only when every part is down.
+An up or down of the lab holds NAME.lab.lock beside the record, so a second
+one from this machine fails at once instead of meeting the first on a host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from netlab.errors import InputError, NetlabError
 from netlab.run.execute import Executor, local_executor
 from netlab.run.runner import Outcome, Reporter, _parallel
-from netlab.run.store import read_trusted, replace_file, state_dir, write_new
+from netlab.run.store import Lock, read_trusted, replace_file, state_dir, write_new
 
 RECORD_SUFFIX = ".lab"
 
@@ -50,14 +53,28 @@ def parts(record: dict) -> List[dict]:
     return ([_underlay(record)] if record.get("underlay") else []) + record["hosts"]
 
 
+@contextlib.contextmanager
+def _lab_lock(name: str, state_dir_path) -> Iterator[None]:
+    """One up or down of the lab NAME at a time from this machine, a second failing at once (as
+    each part's own lock does on its host): NAME.lab.lock beside the lab record."""
+    lock = Lock(state_dir(state_dir_path), f"{name}{RECORD_SUFFIX}")
+    lock.name = name  # said as the lab's name
+    with lock:
+        yield
+
+
 def up(multi, executors: Dict[str, Executor], state_dir_path=None,
        reporter_for: Optional[Callable[[str], Reporter]] = None) -> Outcome:
     """Bring every part of MULTI up (each host's with EXECUTORS[host]), or (after a failure) none of them."""
-    from netlab.run.runner import down as down_part, up as up_part
-
-    reporter_for = reporter_for or (lambda label: Reporter())
     if any(executor.rootless for executor in executors.values()):
         raise InputError("a lab of several hosts runs as root on this machine, for now (rootless: not yet)")
+    with _lab_lock(multi.name, state_dir_path):
+        return _up(multi, executors, state_dir_path, reporter_for or (lambda label: Reporter()))
+
+
+def _up(multi, executors: Dict[str, Executor], state_dir_path, reporter_for: Callable[[str], Reporter]) -> Outcome:
+    from netlab.run.runner import down as down_part, up as up_part
+
     path = record_path(multi.name, state_dir_path)
     existing = read_record(multi.name, state_dir_path)
     if existing is not None and existing.get("digest") != multi.digest:
@@ -170,9 +187,10 @@ def down(record: dict, executors: Dict[str, Executor], state_dir_path=None,
 
     reporter_for = reporter_for or (lambda label: Reporter())
     name = record["name"]
-    left = _take_down(parts(record), executors, state_dir_path, reporter_for, down_part)
-    if left:
-        raise NetlabError(f"{name}: could not take down the part on {', '.join(left)} (above); the lab record is "
-                          f"kept: run `netlab down {name}` again")
-    record_path(name, state_dir_path).unlink(missing_ok=True)
+    with _lab_lock(name, state_dir_path):
+        left = _take_down(parts(record), executors, state_dir_path, reporter_for, down_part)
+        if left:
+            raise NetlabError(f"{name}: could not take down the part on {', '.join(left)} (above); the lab record "
+                              f"is kept: run `netlab down {name}` again")
+        record_path(name, state_dir_path).unlink(missing_ok=True)
     return Outcome(name, len(parts(record)), 0, f"{name} is down on {len(record['hosts'])} hosts")
