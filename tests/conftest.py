@@ -97,7 +97,7 @@ RUN_MARK = f"NETLAB_TEST_RUN={RUN_PREFIX}"
 os.environ.update(RUN_ENV)
 
 
-def _marked(entry: str) -> bool:
+def of_this_run(entry: str) -> bool:
     """Whether process ENTRY (a /proc directory name) was started by this run: RUN_MARK is
     in its environment (so a process of another suite beside this one never counts)."""
     try:
@@ -119,7 +119,7 @@ def serve_processes(address: str) -> list:
         except OSError:  # not a process, or gone
             continue
         if ("serve" in argv or "--background" in argv) and address in argv and int(entry) != os.getpid() \
-                and _marked(entry):
+                and of_this_run(entry):
             pids.append(int(entry))
     return pids
 
@@ -296,7 +296,7 @@ def leftover_processes() -> list:
     """The processes this run started that still run (found by RUN_MARK in their environment)."""
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
-        if int(entry) == os.getpid() or not _marked(entry):
+        if int(entry) == os.getpid() or not of_this_run(entry):
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:

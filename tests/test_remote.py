@@ -31,7 +31,7 @@ from kernel import settled, snapshot
 from netlab.errors import InputError
 from netlab.remote.ssh import Remote, parse_remote, parse_ssh_config
 from netlab.model.star import star_lab
-from conftest import wait_stopped
+from conftest import of_this_run, wait_stopped
 from test_runner import BAD_ROUTE, MODES, PAUSE, Netlab, _mode, at_start, resume
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +158,8 @@ def _local(*args, state_dir: Path) -> str:
 
 
 def ssh_masters() -> list:
-    """The pids of netlab's ssh masters (their ControlPath is in a netlab-ssh-* directory)."""
+    """The pids of this run's netlab ssh masters (their ControlPath is in a netlab-ssh-* directory;
+    another suite's beside this one are its own)."""
     pids = []
     for entry in os.listdir("/proc"):
         try:
@@ -166,7 +167,8 @@ def ssh_masters() -> list:
                 argv = handle.read().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0] == b"ssh" and b"ControlMaster=yes" in argv and any(b"/netlab-ssh-" in a for a in argv):
+        if argv and argv[0] == b"ssh" and b"ControlMaster=yes" in argv and any(b"/netlab-ssh-" in a for a in argv) \
+                and of_this_run(entry):
             pids.append(int(entry))
     return pids
 

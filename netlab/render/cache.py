@@ -14,24 +14,31 @@ none), else $XDG_CACHE_HOME/netlab/plans or ~/.cache/netlab/plans. A plan is
 a pickle, read only from a directory and file that belong to this user and
 that no one else may write (else it is rendered anew, and not kept). Any
 trouble with the cache (a full disk, a damaged file) only means rendering.
+Its steps are kept packed: every distinct word once, and one array of
+numbers that names them (_packed): pickling tens of thousands of Step
+objects one by one would take a second and a memo of every object.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
 import pickle
 import stat
+import sys
 import tempfile
+from array import array
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 MIN_STEPS = 500
 MIN_BYTES = 8192  # a file smaller than this (every built-in lab) is rendered without looking: no lab of
 # MIN_STEPS steps is so short, and hashing netlab's own code (about 15 ms) would cost more than it saves
 KEPT = 8
-_FORMAT = b"netlab plan cache 1\0"
+_FORMAT = b"netlab plan cache 2\0"
+_NONE = 0xFFFFFFFF  # in a packed step: a sequence that is None (a word that is None is 0)
 
 
 def cached_plan(target: str, sandbox: Optional[str], host_netns: Optional[str], params: Mapping[str, str],
@@ -105,7 +112,7 @@ def _load(path: Path):
                 return None
             if file.read(len(_FORMAT)) != _FORMAT:
                 return None
-            plan = pickle.load(file)
+            plan = _unpacked(*pickle.load(file))
         os.utime(path)  # the newest use: the last to be let go
         return plan
     except Exception:  # noqa: BLE001 - missing, damaged or unreadable: render it
@@ -123,7 +130,7 @@ def _store(directory: Path, name: str, plan) -> None:
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(_FORMAT)
-                pickle.dump(plan, file, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(_packed(plan), file, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(temporary, directory / name)
         except BaseException:
             os.unlink(temporary)
@@ -133,3 +140,80 @@ def _store(directory: Path, name: str, plan) -> None:
             old.unlink()
     except Exception:  # noqa: BLE001 - a cache that cannot be written is only slower
         return
+
+
+def _packed(plan) -> tuple:
+    """PLAN as kept: the plan without its steps, its digest, its steps' words (each once) and the
+    numbers of the steps: for each, index, netns, argv, why, undo, probe (0, or 1 and its netns,
+    argv, match, value) and save; a word is its place in the words + 1 (0: None), a sequence its
+    length and its words (_NONE: None)."""
+    words: Dict[str, int] = {}
+    numbers = array("I")
+
+    def word(value: Optional[str]) -> int:
+        if value is None:
+            return 0
+        number = words.get(value)
+        if number is None:
+            number = words[value] = len(words) + 1
+        return number
+
+    def sequence(values: Optional[Sequence[str]]) -> None:
+        if values is None:
+            numbers.append(_NONE)
+        else:
+            numbers.append(len(values))
+            numbers.extend(map(word, values))
+
+    for step in plan.steps:
+        numbers.extend((step.index, word(step.netns)))
+        sequence(step.argv)
+        numbers.append(word(step.why))
+        sequence(step.undo)
+        probe = step.probe
+        if probe is None:
+            numbers.append(0)
+        else:
+            numbers.extend((1, word(probe.netns)))
+            sequence(probe.argv)
+            numbers.extend((word(probe.match), word(probe.value)))
+        sequence(step.save)
+    return dataclasses.replace(plan, steps=()), plan.digest, list(words), numbers
+
+
+def _unpacked(rest, digest: str, words: list, numbers: array):
+    """The plan _packed() kept: its steps made again, their words interned as rendering does."""
+    from netlab.render.plan import Probe, Step
+
+    words = [None, *map(sys.intern, words)]
+    at = 0
+
+    def sequence():
+        nonlocal at
+        length = numbers[at]
+        if length == _NONE:
+            at += 1
+            return None
+        at += 1 + length
+        return tuple(map(words.__getitem__, numbers[at - length:at]))
+
+    steps = []
+    while at < len(numbers):
+        index, netns = numbers[at], words[numbers[at + 1]]
+        at += 2
+        argv = sequence()
+        why = words[numbers[at]]
+        at += 1
+        undo = sequence()
+        probe = None
+        at += 1
+        if numbers[at - 1]:
+            probe_netns = words[numbers[at]]
+            at += 1
+            probe_argv = sequence()
+            probe = Probe(probe_netns, probe_argv, words[numbers[at]], words[numbers[at + 1]])
+            at += 2
+        steps.append(Step(index, netns, argv, why, undo, probe, sequence()))
+    plan = dataclasses.replace(rest, steps=tuple(steps))
+    plan.__dict__["digest"] = digest  # the cached_property, as it was: the same steps
+    return plan

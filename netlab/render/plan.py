@@ -42,7 +42,12 @@ def in_netns(netns: Optional[str], argv) -> Tuple[str, ...]:
     return ("ip", "netns", "exec", netns, *argv) if netns else tuple(argv)
 
 
-@dataclass(frozen=True)
+# A large lab has tens of thousands of steps, each with a probe: objects without a __dict__ take a
+# fifth of the memory (Python 3.10 and later; 3.9 builds them as before)
+SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclass(frozen=True, **SLOTS)
 class Probe:
     netns: Optional[str]
     argv: Tuple[str, ...]
@@ -50,7 +55,7 @@ class Probe:
     value: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Step:
     index: int  # 1-based, as `netlab plan` numbers them
     netns: Optional[str]

@@ -38,14 +38,14 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from netlab.render.plan import Step, in_netns
+from netlab.render.plan import SLOTS, Step, in_netns
 
 NETNS, IP, IPTABLES, SINGLE = "netns", "ip", "iptables", "single"
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_.:/=,+@%!-]+")  # needs no quoting in an `ip -batch` or restore line
 _LINK_ADD = ("link", "add")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Unit:
     """One line of a batch and the plan steps it carries (several when steps are fused)."""
 
@@ -184,15 +184,16 @@ def lane_of(step: Step) -> str:
 
 # ---------------------------------------------------------------- fusing veth creation
 class _Touches:
-    """Where each (namespace, word) occurs in the steps, to find the next step that touches a link."""
+    """Where each (namespace, word) of WORDS (the links asked about) occurs in the steps, to find
+    the next step that touches a link; other words are never asked about, and not indexed."""
 
-    def __init__(self, steps: Sequence[Step]):
+    def __init__(self, steps: Sequence[Step], words: Set[str]):
         self.at: Dict[Tuple[Optional[str], str], List[int]] = {}
         for position, step in enumerate(steps):
-            for word in set(step.argv):
+            for word in words.intersection(step.argv):
                 self.at.setdefault((step.netns, word), []).append(position)
-            for word in set(step.probe.argv if step.probe else ()):
-                if step.probe.netns != step.netns:  # a move is probed where the link arrives
+            if step.probe is not None and step.probe.netns != step.netns:  # a move is probed where the link arrives
+                for word in words.intersection(step.probe.argv):
                     self.at.setdefault((step.probe.netns, word), []).append(position)
 
     def next(self, netns: Optional[str], word: str, after: int) -> Optional[int]:
@@ -208,7 +209,9 @@ class _Touches:
 def _fuse(steps: Sequence[Step], lanes: Dict[int, str]) -> List[Unit]:
     """Units in plan order; a veth creation absorbs the later steps it can do itself.
     LANES: lane_of() of each step, by index."""
-    touches = _Touches(steps)
+    veths = {position: _veth(step.argv) for position, step in enumerate(steps) if lanes[step.index] == IP}
+    veths = {position: veth for position, veth in veths.items() if veth is not None}
+    touches = _Touches(steps, {end for name, peer, _ in veths.values() for end in (name, peer)})
     netns_made: Dict[str, int] = {}  # where each namespace, and each link, is created
     link_made: Dict[Tuple[Optional[str], str], int] = {}
     for position, step in enumerate(steps):
@@ -223,11 +226,8 @@ def _fuse(steps: Sequence[Step], lanes: Dict[int, str]) -> List[Unit]:
 
     fused: Dict[int, Tuple[List[int], str]] = {}  # creation position -> (positions it carries, its line)
     taken: Set[int] = set()
-    for position, step in enumerate(steps):
-        veth = _veth(step.argv) if lanes[step.index] == IP else None
-        if veth is None:
-            continue
-        name, peer, peer_netns = veth
+    for position, (name, peer, peer_netns) in veths.items():
+        step = steps[position]
         main = {"netns": None, "master": None, "up": False}
         peer_at = peer_netns
         members: List[int] = []

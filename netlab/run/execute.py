@@ -10,6 +10,7 @@ read the live kernel the same way.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -147,19 +148,22 @@ class Executor:
         return result
 
     def run(self, argv: Sequence[str], netns: Optional[str] = None, input: Optional[str] = None) -> Result:
-        """Run ARGV (in NETNS), with INPUT on its standard input if given."""
-        from plumbum import ProcessTimedOut
-
+        """Run ARGV (in NETNS), with INPUT on its standard input if given. The timeout is
+        subprocess's own: plumbum's run(timeout=) hands every process to a thread that holds
+        it until its deadline, so a large lab's `up` would keep thousands of them alive."""
         full = in_netns(netns, argv)
         runnable, input = self.command_line(argv, netns, input)
-        command = self._program(runnable[0])[runnable[1:]]
-        if input is not None:
-            command = command << input
+        process = self._program(runnable[0])[runnable[1:]].popen(stdin=subprocess.PIPE, new_session=True)
+        encoding = getattr(process, "custom_encoding", None) or "utf-8"
         try:
-            code, out, err = command.run(retcode=None, new_session=True, timeout=COMMAND_TIMEOUT)
-        except ProcessTimedOut:
+            out, err = process.communicate(None if input is None else input.encode(encoding),
+                                           timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
             return Result(full, TIMED_OUT, "", f"no answer after {COMMAND_TIMEOUT} s")
-        return self.finished(Result(full, code, out, err))
+        return self.finished(Result(full, process.returncode, out.decode(encoding, "ignore"),
+                                    err.decode(encoding, "ignore")))
 
     def check(self, probe: Probe) -> Optional[bool]:
         """Whether a probe says its step is in effect; None when the probe itself could not

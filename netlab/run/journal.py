@@ -113,7 +113,7 @@ class Journal:
                 record, stop = None, end
             start, good = end + 1, not text[stop:end].strip()
             if good and isinstance(record, dict):
-                parsed.append(_Mark(*record.items()) if _is_mark(record) else record)  # _Mark((KEY, N))
+                parsed.append(_kept(record))
         if not parsed or parsed[0].get("netlab_journal") != FORMAT:
             raise NetlabError(f"{path} is not a netlab journal (format {FORMAT}); remove it if no lab is up")
         journal = cls(path, parsed[0], parsed[1:])
@@ -127,14 +127,14 @@ class Journal:
 
     def append(self, **record) -> None:
         """Write one record and make it durable before returning."""
-        self.records.append(record)
+        self.records.append(_kept(record))
         self._write(record)
         _pause_point((record,), self.path)
 
     def append_many(self, records: List[dict]) -> None:
         """Write RECORDS, one per line, and make them durable together (one fsync)."""
         if records:
-            self.records.extend(records)
+            self.records.extend(map(_kept, records))
             self._write(*records)
             _pause_point(records, self.path)
 
@@ -297,8 +297,13 @@ class _Mark(tuple):
         return tuple.__getitem__(self, 1)
 
 
-def _is_mark(record: dict) -> bool:
-    return len(record) == 1 and type(next(iter(record.values()))) is int
+def _kept(record: dict):
+    """RECORD as the journal keeps it in memory: {"start": 5} as the _Mark ("start", 5)."""
+    if len(record) == 1:
+        item = next(iter(record.items()))
+        if type(item[1]) is int:
+            return _Mark(item)
+    return record
 
 
 def _json_space(text: str, start: int) -> int:
