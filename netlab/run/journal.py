@@ -101,19 +101,22 @@ class Journal:
     def parse(cls, path, text: str, host_boot: Optional[str] = None) -> "Journal":
         """The journal whose text is TEXT (read from PATH, on the host whose boot id is
         HOST_BOOT: this one unless said); a torn last line is dropped."""
-        parsed = []
-        header, lines = _HEADER_DECODER.raw_decode, _DECODER.raw_decode
-        start = 0
-        while start < len(text):  # each line decoded where it is in TEXT: no copy of it, nor of the lines
-            end = text.find("\n", start)
-            end = len(text) if end < 0 else end
-            try:
-                record, stop = (lines if parsed else header)(text, _json_space(text, start))
-            except ValueError:
-                record, stop = None, end
-            start, good = end + 1, not text[stop:end].strip()
-            if good and isinstance(record, dict):
-                parsed.append(_kept(record))
+        return cls._made(path, _decoded_lines(text, []), text, host_boot)
+
+    @classmethod
+    def read(cls, path, handle) -> "Journal":
+        """The journal of this host that HANDLE (a text file) reads, as parse() makes it, its
+        header's steps decoded as they come (_streamed_header): a large lab's header is never
+        whole text in memory beside its steps."""
+        header, rest = _streamed_header(handle)
+        if header is None:  # not as header_text writes it: the whole text, as parse() reads any
+            handle.seek(0)
+            return cls.parse(path, handle.read())
+        return cls._made(path, _decoded_lines(rest, [header]), rest, None)
+
+    @classmethod
+    def _made(cls, path, parsed: list, text: str, host_boot: Optional[str]) -> "Journal":
+        """The journal of PARSED (its header, then its records), whose text ends with TEXT."""
         if not parsed or parsed[0].get("netlab_journal") != FORMAT:
             raise NetlabError(f"{path} is not a netlab journal (format {FORMAT}); remove it if no lab is up")
         journal = cls(path, parsed[0], parsed[1:])
@@ -304,6 +307,59 @@ def _kept(record: dict):
         if type(item[1]) is int:
             return _Mark(item)
     return record
+
+
+def _decoded_lines(text: str, parsed: list) -> list:
+    """PARSED and after it each line of TEXT as JSON (the first, while PARSED is empty, as the
+    header); a line that does not parse, or holds no object, is dropped."""
+    header, lines = _HEADER_DECODER.raw_decode, _DECODER.raw_decode
+    start = 0
+    while start < len(text):  # each line decoded where it is in TEXT: no copy of it, nor of the lines
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        try:
+            record, stop = (lines if parsed else header)(text, _json_space(text, start))
+        except ValueError:
+            record, stop = None, end
+        start, good = end + 1, not text[stop:end].strip()
+        if good and isinstance(record, dict):
+            parsed.append(_kept(record))
+    return parsed
+
+
+_STEPS_OPEN = ',"steps":['  # where header_text begins the steps
+_PIECE = 1 << 20  # characters read at a time
+
+
+def _streamed_header(handle):
+    """The header of the journal HANDLE reads, with its steps decoded one by one as the file is
+    read a piece at a time, and the text after the header's line; (None, "") when the header
+    is not laid out as header_text writes it (the caller then reads the whole text)."""
+    buffer = handle.read(_PIECE)
+    cut, newline = buffer.find(_STEPS_OPEN), buffer.find("\n")
+    if cut < 0 or 0 <= newline < cut:
+        return None, ""
+    try:
+        header = _DECODER.decode(buffer[:cut] + "}")
+    except ValueError:
+        return None, ""
+    steps, at, ended = [], cut + len(_STEPS_OPEN), False
+    while True:
+        if not ended and len(buffer) - at < _PIECE // 2:  # keep half a piece ahead of the decoder
+            more = handle.read(_PIECE)
+            buffer, at, ended = buffer[at:] + more, 0, not more
+        if buffer.startswith("]}\n", at):
+            header["steps"] = steps
+            return header, buffer[at + 3:] + handle.read()
+        if steps:
+            if not buffer.startswith(",", at):
+                return None, ""
+            at += 1
+        try:
+            step, at = _HEADER_DECODER.raw_decode(buffer, at)
+        except ValueError:
+            return None, ""
+        steps.append(step)
 
 
 def _json_space(text: str, start: int) -> int:

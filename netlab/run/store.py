@@ -138,10 +138,9 @@ def read_journal(path: Path) -> Journal:
     with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
         try:
             stamp = _stamp(os.fstat(fd))
-            text = handle.read()
+            journal = Journal.read(path, handle)
         except OSError as error:
             raise NetlabError(f"cannot read the journal {path}: {error.strerror or error}") from None
-    journal = Journal.parse(path, text)
     journal.stamp = stamp
     return journal
 
