@@ -451,6 +451,19 @@ def over_ssh(host, config, state_dir, *args, timeout=300) -> subprocess.Complete
                            env={**os.environ, "NETLAB_STATE_DIR": str(state_dir)}, timeout=timeout)
 
 
+def down_restores_both(first, second, config, state_dir, prefix: str, before: list) -> None:
+    """`netlab down two-hosts` ends well, and leaves both hosts as BEFORE (host_state), no namespace of
+    the lab's (named under PREFIX), no lab record here and no journal on either host."""
+    result = over_ssh(first, config, state_dir, "down", "two-hosts")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "two-hosts is down on 2 hosts"
+    assert [host_state(host.server_netns) for host in (first, second)] == before
+    assert not [name for name in namespaces() if name.startswith(f"{prefix}-ns")]
+    assert not list(state_dir.glob("two-hosts*"))
+    for host in (first, second):
+        assert not list(host.remote_state_dir.glob("two-hosts*"))
+
+
 @pytest.mark.root
 def test_two_real_hosts_over_ssh_carry_ping_and_http_over_vxlan_and_down_restores_both(two_ssh_hosts, state_dir,
                                                                                         sandbox_prefix, tmp_path):
@@ -467,13 +480,7 @@ def test_two_real_hosts_over_ssh_carry_ping_and_http_over_vxlan_and_down_restore
         assert captured_vxlan(first.client_netns, first.client_if, f"{sandbox_prefix}-ns1")  # the underlay's router
         status = over_ssh(first, config, state_dir, "status", "two-hosts")
         assert status.returncode == 0, status.stdout + status.stderr
-        result = over_ssh(first, config, state_dir, "down", "two-hosts")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert [host_state(host.server_netns) for host in (first, second)] == before
-        assert not [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-ns")]
-        assert not list(state_dir.glob("two-hosts*"))
-        for host in (first, second):
-            assert not list(host.remote_state_dir.glob("two-hosts*"))
+        down_restores_both(first, second, config, state_dir, sandbox_prefix, before)
     finally:
         over_ssh(first, config, state_dir, "down", "two-hosts")
 
@@ -567,14 +574,7 @@ def test_kill_9_of_up_over_ssh_with_both_hosts_half_done_then_down_restores_both
             key, value = point.split(":")
             assert int(value) in journal_records(hosts[part].remote_state_dir / "two-hosts.journal", key)
         assert (state_dir / "two-hosts.lab").exists()
-        result = over_ssh(first, config, state_dir, "down", "two-hosts")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert result.stdout.strip().splitlines()[-1] == "two-hosts is down on 2 hosts"
-        assert [host_state(host.server_netns) for host in (first, second)] == before
-        assert not [name for name in namespaces() if name.startswith(f"{sandbox_prefix}-ns")]
-        assert not list(state_dir.glob("two-hosts*"))
-        for host in (first, second):
-            assert not list(host.remote_state_dir.glob("two-hosts*"))
+        down_restores_both(first, second, config, state_dir, sandbox_prefix, before)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

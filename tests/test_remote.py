@@ -415,3 +415,37 @@ def test_a_remote_lock_s_owner_is_gone_only_when_it_ran_on_this_machine_and_has_
     assert owner_gone(f"123@{here}/{os.getpid()}/1")  # that pid now names a later process
     assert not owner_gone(f"123@another-boot/{ended.pid}/{started}")
     assert not owner_gone("123")  # a lock without an owner: only its holder's end frees it
+
+
+@pytest.mark.root
+def test_a_remote_lock_whose_netlab_here_was_killed_is_broken_at_once_and_a_live_one_is_busy(remote, sandbox_prefix,
+                                                                                            star20):
+    """A lock's shell on the host can outlive the netlab that took it by a moment (it ends when it hears
+    of its connection's end); a sleep in a session of its own stands in for it, for good. A netlab on
+    the machine of its owner sees the owner gone, ends the shell and goes on; while the owner runs, busy."""
+    from netlab.programs.serve import start_time
+    from netlab.run.journal import boot_id
+
+    name = f"{sandbox_prefix}-lab"
+    shell = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    ended = subprocess.Popen(["true"])
+    ended_start = start_time(ended.pid)
+    ended.wait()
+    remote.host.remote_state_dir.mkdir(mode=0o700, exist_ok=True)
+    lock = remote.host.remote_state_dir / f"{name}.lock"
+    try:
+        os.symlink(f"{shell.pid}@{boot_id()}/{os.getpid()}/{start_time(os.getpid())}", lock)  # its owner: this test
+        busy = remote.run("up", star20, "--sandbox", name)
+        assert busy.returncode == 1 and f"{name} is busy on {remote.host.remote}" in _one_line_error(busy)
+        assert f"(through the shell pid {shell.pid} there" in busy.stderr and shell.poll() is None
+        os.unlink(lock)
+        os.symlink(f"{shell.pid}@{boot_id()}/{ended.pid}/{ended_start}", lock)  # its owner has ended
+        assert f"{name} is up" in remote.ok("up", star20, "--sandbox", name)
+        assert shell.wait(10) == -signal.SIGTERM
+        assert f"{name} is down" in remote.ok("down", name)
+        assert snapshot(name) == {} and not lock.exists()
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+        remote.run("down", name)

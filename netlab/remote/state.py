@@ -97,7 +97,7 @@ _BREAK = _ALIVE + r'''
 l=$1/$2.lock
 [ "$(readlink "$l" 2>/dev/null)" = "$3" ] || exit 0
 p=$(holder "$3")
-kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
+kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null  # its group (its heartbeat watcher too): dash takes no --
 n=0
 while alive "$p"; do
   n=$((n + 1))
@@ -234,9 +234,10 @@ class RemoteLock:
                 said = self.store._sh(_LOCK, str(self.store.directory), self.name, holder)
         if said.code == 3:
             label = self.store.executor.remote.label
+            shell = said.stdout.strip().partition("@")[0]
             raise LabBusy(f"{self.name} is busy{self.store.where}: another netlab up or down of it holds its "
-                          f"lock (through the shell pid {said.stdout.strip().partition('@')[0]} there, which ends with that run's "
-                          f"connection); wait for it, or check `netlab status --remote {label}`")
+                          f"lock (through the shell pid {shell} there, which ends with that run's connection); "
+                          f"wait for it, or check `netlab status --remote {label}`")
         if not said.ok:
             raise NetlabError(f"cannot lock {self.name}{self.store.where}: {said.stderr.strip()}")
         self._holder = holder

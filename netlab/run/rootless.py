@@ -172,6 +172,7 @@ def start_keeper(commit) -> Keeper:
 def _spawn(maps: tuple):
     """unshare and the keeper under it, started and ready: (the unshare process, the keeper's pid,
     its start time); NetlabError, with everything ended again, when it does not come up."""
+    from netlab.programs.serve import running_start_time
     from netlab.run.keeper import READY
 
     argv = ("unshare", "--user", "--map-root-user", *maps, "--mount", "--net", "--pid", "--fork", "--kill-child",
@@ -186,8 +187,6 @@ def _spawn(maps: tuple):
         said = process.stdout.readline().strip()
         timer.cancel()
         keeper_pid = _child_of(process.pid) if said == READY else None
-        from netlab.programs.serve import running_start_time
-
         started = running_start_time(keeper_pid) if keeper_pid else None
         if started is None:
             rest = " ".join(part for part in (said, process.stdout.read().strip()) if part)
