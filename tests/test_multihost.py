@@ -41,6 +41,7 @@ from conftest import journal_records, namespaces, netlab_cli, sh, wait_stopped
 HERE = Path(__file__).parent
 LAB = HERE / "labs" / "two-hosts.yaml"
 NODES_LAB = HERE / "labs" / "two-hosts-nodes.yaml"  # nodes and links, a router on host a
+THREE_LAB = HERE / "labs" / "three-hosts.yaml"  # one bridge on three hosts: a flood entry for each other host
 
 
 def lab_with(tmp_path, change, lab: Path = LAB) -> Path:
@@ -69,7 +70,7 @@ def step(data, **match):
     (lambda data: step(data, netns="ns2").pop("host"), "steps[14].host: a lab with hosts places each namespace"),
     (lambda data: step(data, bridge="br0").update(host="c"), "steps[1].host: 'c' is not one of the lab's hosts"),
     (lambda data: step(data, link="ceth1", up=True).update(host="b"), "steps[8].host: 'ns1' is on host a, not b"),
-    (lambda data: step(data, vxlan="br0").update(hosts=["a"]), "steps[20].hosts: must name two different hosts"),
+    (lambda data: step(data, vxlan="br0").update(hosts=["a"]), "steps[20].hosts: must name two or more different hosts"),
     (lambda data: step(data, vxlan="br0").update(vxlan="br9"), "steps[20].vxlan: host a has no bridge 'br9'"),
     (lambda data: data["checks"][0].update({"from": "host"}), "checks[1].from: a lab with hosts has a host side"),
     (lambda data: data["hosts"]["b"].update(address="192.0.2.11"), "hosts.b.address: 192.0.2.11 is host a's"),
@@ -99,7 +100,6 @@ def third_host_on_br0(data):
     (lambda data: data.update(forward=["br0"]), "forward[1]: a lab of several hosts has a host side on each: say which "
                                                 "(a:br0 or b:br0)"),
     (lambda data: data["nodes"]["ns2"].update(host="c"), "nodes.ns2.host: 'c' is not one of the lab's hosts (a, b)"),
-    (third_host_on_br0, "bridges.br0: is on 3 hosts (a, b, c): a bridge joins two hosts, for now"),
     (lambda data: data["nodes"].update(host={}), "nodes.host: a lab of several hosts names each host's own side by "
                                                  "the host's name (a, b), not host"),
     (lambda data: data["bridges"].update(br1={}), "bridges.br1: no link reaches it, so no host has it"),
@@ -234,6 +234,49 @@ def test_a_bridge_across_two_hosts_carries_ping_and_http_over_vxlan_and_down_lea
 
 
 @pytest.mark.root
+def test_a_bridge_across_three_hosts_floods_to_each_other_host_and_each_entry_is_its_own_step(state_dir,
+                                                                                              sandbox_prefix):
+    """Three hosts: each VXLAN device has no remote, and one flood entry (`bridge fdb append`) per other
+    host, each a step of its own whose probe tells it apart from the other entries of its device."""
+    plan = json.loads(netlab_cli(state_dir, "plan", THREE_LAB, "--sandbox", sandbox_prefix, "--json").stdout)
+    a = [step["command"] for step in plan["hosts"][0]["steps"]]
+    assert f"ip netns exec {sandbox_prefix}-a ip link add vxlan100 type vxlan id 100 local 203.0.113.2 dstport 4789 " \
+           "dev ens3" in a
+    assert [command.split(" bridge ")[1] for command in a if " bridge fdb " in command] == \
+        ["fdb append 00:00:00:00:00:00 dev vxlan100 dst 203.0.113.3",
+         "fdb append 00:00:00:00:00:00 dev vxlan100 dst 203.0.113.4"]
+    try:
+        result = netlab_cli(state_dir, "up", THREE_LAB, "--sandbox", sandbox_prefix, "--verify")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert f"{sandbox_prefix} is up on 3 hosts" in result.stdout and "4 of 4 checks passed" in result.stdout
+        status = netlab_cli(state_dir, "status", sandbox_prefix)
+        assert status.returncode == 0 and "missing" not in status.stdout, status.stdout + status.stderr
+        sh("ip", "netns", "exec", f"{sandbox_prefix}-b", "bridge", "fdb", "del", "00:00:00:00:00:00", "dev", "vxlan100",
+           "dst", "203.0.113.4", check=True)  # b's entry for c, and only it
+        status = netlab_cli(state_dir, "status", sandbox_prefix)
+        missing = [line for line in status.stdout.splitlines() if "missing" in line]
+        assert status.returncode == 1 and len(missing) == 1 and missing[0].endswith("dst 203.0.113.4"), status.stdout
+        result = netlab_cli(state_dir, "down", sandbox_prefix)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip().splitlines()[-1] == f"{sandbox_prefix} is down on 3 hosts"
+        assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]
+        assert not list(state_dir.glob(f"{sandbox_prefix}*"))
+    finally:
+        netlab_cli(state_dir, "down", sandbox_prefix)
+
+
+def test_nodes_and_links_join_a_bridge_on_three_hosts_with_a_flood_entry_for_each_other_host(state_dir, tmp_path):
+    lab = lab_with(tmp_path, third_host_on_br0, NODES_LAB)
+    result = netlab_cli(state_dir, "plan", lab, "--sandbox", "nltm", "--json")
+    assert result.returncode == 0, result.stderr
+    hosts = {host["host"]: [step["command"] for step in host["steps"]] for host in json.loads(result.stdout)["hosts"]}
+    for name, others in (("a", ("3", "4")), ("b", ("2", "4")), ("c", ("2", "3"))):
+        assert [command.split(" bridge ")[1] for command in hosts[name] if " bridge fdb " in command] == \
+            [f"fdb append 00:00:00:00:00:00 dev vxlan100 dst 203.0.113.{other}" for other in others], hosts[name]
+    assert "ip netns exec nltm-ns3 ip link set ceth3 mtu 1450" in hosts["c"]
+
+
+@pytest.mark.root
 def test_nodes_and_links_across_two_hosts_route_one_host_s_namespace_out_through_the_other(state_dir,
                                                                                            sandbox_prefix):
     try:
@@ -363,12 +406,17 @@ def test_kill_9_of_up_with_both_hosts_half_done_then_down_restores_every_host(st
 
 
 @pytest.mark.root
-def test_the_exported_scripts_bring_the_lab_up_on_both_hosts_check_it_and_take_it_down(state_dir, sandbox_prefix,
-                                                                                       tmp_path):
-    out = tmp_path / "two-hosts"
-    result = netlab_cli(state_dir, "export", LAB, "--sandbox", sandbox_prefix, "-o", out)
+@pytest.mark.parametrize("lab,hosts,checked", [
+    (LAB, ("a", "b"), ("ping 10.60.0.2 from ns1", "http 10.60.0.1:8080 from ns2")),
+    (THREE_LAB, ("a", "b", "c"), ("ping 10.61.0.2 from ns1", "ping 10.61.0.3 from ns2", "ping 10.61.0.1 from ns3",
+                                  "http 10.61.0.1:8080 from ns3")),
+], ids=["two-hosts", "three-hosts"])
+def test_the_exported_scripts_bring_the_lab_up_on_every_host_check_it_and_take_it_down(state_dir, sandbox_prefix,
+                                                                                       tmp_path, lab, hosts, checked):
+    out = tmp_path / "parts"
+    result = netlab_cli(state_dir, "export", lab, "--sandbox", sandbox_prefix, "-o", out)
     assert result.returncode == 0, result.stderr
-    parts = [f"{sandbox_prefix}-{part}" for part in ("underlay", "a", "b")]
+    parts = [f"{sandbox_prefix}-{part}" for part in ("underlay", *hosts)]
     assert sorted(path.name for path in out.iterdir()) == sorted([f"{part}.sh" for part in parts] + ["README.md"])
     readme = (out / "README.md").read_text()
     assert readme.index(f"bash {parts[0]}.sh up") < readme.index(f"bash {parts[1]}.sh up")
@@ -384,7 +432,8 @@ def test_the_exported_scripts_bring_the_lab_up_on_both_hosts_check_it_and_take_i
         for part in parts:
             script(part, "up")
         said = script(parts[0], "verify")
-        assert "ping 10.60.0.2 from ns1" in said and "http 10.60.0.1:8080 from ns2" in said, said
+        assert all(check in said for check in checked), said
+        assert f"{len(checked)} of {len(checked)} checks passed" in said, said
         for part in parts[1:] + parts[:1]:
             script(part, "down")
         assert not [name for name in namespaces() if name.startswith(sandbox_prefix + "-")]

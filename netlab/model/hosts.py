@@ -5,9 +5,12 @@ hosts reach it at, and how netlab reaches it (`local`, `[USER@]HOST[:PORT]`
 or `vagrant:NAME`). Each `netns` step then names its host (`host: a`), and
 every step inside that namespace runs there; a step on a host's own side
 (a bridge, a rule) names its host too. A `vxlan` step joins the bridges of
-one name on two hosts: on each, a kernel VXLAN device (its VNI, UDP port
-4789 unless set) that sends to the other host's underlay address, plugged
-into that host's bridge. `split` turns such a topology into one topology per
+one name on two or more hosts: on each, a kernel VXLAN device (its VNI, UDP
+port 4789 unless set) plugged into that host's bridge, which sends to the
+other host's underlay address (`remote`); with more hosts, a frame for a MAC
+it has not learnt (a broadcast, an ARP) is sent to each of the others, one
+`bridge fdb append 00:00:00:00:00:00 ... dst ADDRESS` entry per host
+(head-end replication, as Linux overlays do without multicast). `split` turns such a topology into one topology per
 host, each an ordinary lab that netlab.render.plan renders like any other
 (the VXLAN device is an ordinary `ip link add ... type vxlan` step there).
 
@@ -45,11 +48,11 @@ class Host:
 
 @dataclass(frozen=True)
 class Span(Item):
-    """A `vxlan` step as the lab writes it: bridge BRIDGE of HOSTS joined as segment VNI."""
+    """A `vxlan` step as the lab writes it: bridge BRIDGE of HOSTS (two or more) joined as segment VNI."""
 
     kind: ClassVar[str] = "span"
     bridge: str
-    hosts: Tuple[str, str]
+    hosts: Tuple[str, ...]
     vni: int
     port: int
     name: str  # the VXLAN device, on each host
@@ -57,7 +60,8 @@ class Span(Item):
 
 @dataclass(frozen=True)
 class Vxlan(Item):
-    """One host's side of a Span: its VXLAN device, from LOCAL to REMOTE, in the bridge."""
+    """One host's side of a Span: its VXLAN device, from LOCAL to the REMOTES (the segment's other
+    hosts), in the bridge."""
 
     kind: ClassVar[str] = "vxlan"
     name: str
@@ -65,7 +69,7 @@ class Vxlan(Item):
     vni: int
     port: int
     local: ipaddress.IPv4Address
-    remote: ipaddress.IPv4Address
+    remotes: Tuple[ipaddress.IPv4Address, ...]
     dev: Optional[str] = None
 
 
@@ -145,18 +149,18 @@ def _span(fail, where: str, raw: dict, hosts: Tuple[Host, ...], vni: int) -> Spa
     raw = known_keys(fail, where, raw, ("vxlan", "hosts", "vni", "port", "name", "why"), "a vxlan step")
     bridge = _field(fail, f"{where}.vxlan", iface_name, raw["vxlan"])
     names = [host.name for host in hosts]
-    pair = raw.get("hosts", names)
-    if not isinstance(pair, list) or len(pair) != 2 or len(set(map(str, pair))) != 2:
-        raise fail(f"{where}.hosts", "must name two different hosts of the lab (a segment joins two: one VXLAN "
-                                     "device on each, sending to the other)")
-    for host in pair:
+    joined = raw.get("hosts", names)
+    if not isinstance(joined, list) or len(joined) < 2 or len(set(map(str, joined))) != len(joined):
+        raise fail(f"{where}.hosts", "must name two or more different hosts of the lab (a segment joins them: "
+                                     "one VXLAN device on each, sending to the others)")
+    for host in joined:
         if host not in names:
             raise fail(f"{where}.hosts", f"{_shown(host)} is not one of the lab's hosts ({', '.join(sorted(names))})")
     vni = _field(fail, f"{where}.vni", whole_number(1, 16777215, "a VXLAN network identifier"), raw.get("vni", vni))
     udp = _field(fail, f"{where}.port", port, raw.get("port", VXLAN_PORT))
     name = _field(fail, f"{where}.name", iface_name, raw.get("name", f"vxlan{vni}"))
     why = _field(fail, f"{where}.why", explanation, raw["why"]) if "why" in raw else None
-    return Span(None, why, bridge, tuple(pair), vni, udp, name)
+    return Span(None, why, bridge, tuple(joined), vni, udp, name)
 
 
 def place(fail, topology: Topology, named: list, hosts: Tuple[Host, ...]) -> Placement:
@@ -221,8 +225,8 @@ def _check_checks(fail, topology: Topology, home: Dict[str, str], hosts: Tuple[H
 
 def split(topology: Topology, placement: Placement, underlay: Optional[Dict[str, ipaddress.IPv4Address]] = None,
           dev: Optional[str] = None) -> Dict[str, Topology]:
-    """One topology per host: its steps, each span as that host's Vxlan (to the other host's
-    underlay address: UNDERLAY's, in a sandbox, with DEV its underlay link, else the lab's),
+    """One topology per host: its steps, each span as that host's Vxlan (to the other hosts'
+    underlay addresses: UNDERLAY's, in a sandbox, with DEV its underlay link, else the lab's),
     and no checks (they are the lab's)."""
     addresses = underlay or {host.name: host.address for host in placement.hosts}
     parts = {}
@@ -230,11 +234,16 @@ def split(topology: Topology, placement: Placement, underlay: Optional[Dict[str,
         steps = []
         for item, on in zip(topology.steps, placement.of_step):
             if isinstance(item, Span) and host.name in item.hosts:
-                other = next(name for name in item.hosts if name != host.name)
-                why = item.why or (f"Join bridge {item.bridge} to host {other}'s over VXLAN (VNI {item.vni}, UDP "
-                                   f"{item.port}): frames for {other}'s side go inside UDP to {addresses[other]}.")
-                steps.append(Vxlan(None, why, item.name, item.bridge, item.vni, item.port, addresses[host.name],
-                                   addresses[other], dev if underlay else host.dev))
+                others = [name for name in item.hosts if name != host.name]
+                if len(others) == 1:
+                    said = f"host {others[0]}'s over VXLAN (VNI {item.vni}, UDP {item.port}): frames for " \
+                           f"{others[0]}'s side go inside UDP to {addresses[others[0]]}."
+                else:
+                    said = f"those of hosts {', '.join(others)} over VXLAN (VNI {item.vni}, UDP {item.port}): " \
+                           "frames go inside UDP to the host that has the MAC they are for."
+                steps.append(Vxlan(None, item.why or f"Join bridge {item.bridge} to {said}", item.name, item.bridge,
+                                   item.vni, item.port, addresses[host.name],
+                                   tuple(addresses[name] for name in others), dev if underlay else host.dev))
             elif on == host.name:
                 steps.append(item)
         parts[host.name] = dataclasses.replace(topology, name=topology.name, steps=tuple(steps), checks=(), stages=())

@@ -18,7 +18,7 @@ no node has) is refused here, in this form's own terms.
 A lab that declares `hosts` (netlab.model.hosts) places each node on one
 (`host: NAME`) and names a host's own side by the host's name wherever a lab
 of one host says `host`. A bridge on the host side is made on every host
-that has a port on it; a bridge on two hosts is joined by a `vxlan` step, and
+that has a port on it; a bridge on two or more hosts is joined by a `vxlan` step, and
 the node ends linked to it get the MTU a VXLAN frame leaves room for. A veth
 cannot cross hosts: a link between two hosts is refused, with the bridge that
 would join them as the way.
@@ -314,7 +314,7 @@ def _ports_on(fail, where: str, ends: list, lab: _Lab) -> List[Optional[str]]:
 
 def _bridge_steps(fail, lab: _Lab) -> Tuple[List[dict], List[dict]]:
     """Each bridge made and up on its side, or, on the host side of a lab of several hosts, on each
-    host with a port on it; and a vxlan step for each bridge on two hosts."""
+    host with a port on it; and a vxlan step for each bridge on two or more hosts."""
     steps, joins = [], []
     for name, node in lab.bridges.items():
         where = lab.bridge_keys[name]
@@ -325,21 +325,20 @@ def _bridge_steps(fail, lab: _Lab) -> Tuple[List[dict], List[dict]]:
             if not on:
                 raise fail(where, f"no link reaches it, so no host has it: link a node to it, or say which host's it "
                                   f"is (node: {' or '.join(lab.hosts)})")
-            if len(on) > 2:
-                raise fail(where, f"is on {len(on)} hosts ({', '.join(on)}): a bridge joins two hosts, for now")
             lab.bridge_hosts[name] = on
         for side in on:
             steps += [lab.on(side, {"bridge": name}), lab.on(side, {"link": name, "up": True})]
-        if len(on) == 2:
+        if len(on) >= 2:
             joins.append({"vxlan": name, "hosts": on})
     return steps, joins
 
 
 def _lower_mtus(lab: _Lab, parsed_links: list) -> None:
-    """A node end linked to a bridge on two hosts sends frames a VXLAN device can carry (unless it sets an MTU)."""
+    """A node end linked to a bridge on two or more hosts sends frames a VXLAN device can carry (unless it
+    sets an MTU)."""
     for parsed in parsed_links:
         for (_, _, bridge, _, _, _), (_, _, other_bridge, _, _, settings) in (parsed, parsed[::-1]):
-            if bridge is not None and other_bridge is None and lab.spans(bridge) and len(lab.bridge_hosts[bridge]) == 2:
+            if bridge is not None and other_bridge is None and lab.spans(bridge) and len(lab.bridge_hosts[bridge]) >= 2:
                 settings.setdefault("mtu", SPANNING_MTU)
 
 

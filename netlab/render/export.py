@@ -48,6 +48,8 @@ def _probe_text(step: Step) -> Optional[str]:
         return f"{command} >/dev/null 2>&1"
     if probe.match == "output":
         return f'[[ -n "$({command} 2>/dev/null)" ]]'
+    if probe.match == "contains":
+        return f'[[ "$({command} 2>/dev/null)" == *{shlex.quote(probe.value)}* ]]'
     return f'[[ "$({command} 2>/dev/null)" == {shlex.quote(probe.value)} ]]'
 
 

@@ -11,7 +11,7 @@ state of each step (`status`), what a missing step made is drawn missing.
 A lab of several hosts (netlab.render.multi) is one picture of every part's
 steps: each host's own side a box of its own (in a sandbox its namespace, the
 underlay's bridge joining their uplinks), and each VXLAN segment a line
-between its two devices.
+between each two of its devices (one for a segment of two hosts).
 
 Formats: `dot` (Graphviz's language), `svg` (dot's rendering; Graphviz runs
 as a program, like every tool netlab uses, and changes nothing), `mermaid`
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import itertools
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -107,9 +108,12 @@ def picture(name: str, steps: Sequence[Step], labels: Dict[Optional[str], str],
                     pic.made[end_netns, end] = step.index
                 pic.cables.append(((netns, argv[3]), (peer_netns, peer), step.index))
             elif kind == "vxlan":
-                here.ifaces[argv[3]] = [f"VXLAN {_word_after(argv, 'id')} to {_word_after(argv, 'remote')}"]
+                remote = _word_after(argv, "remote")  # none: it floods to each host of its segment (below)
+                here.ifaces[argv[3]] = [f"VXLAN {_word_after(argv, 'id')}" + (f" to {remote}" if remote else "")]
                 pic.made[netns, argv[3]] = step.index
                 pic.tunnels.setdefault(_word_after(argv, "id"), []).append(((netns, argv[3]), step.index))
+        elif argv[:3] == ("bridge", "fdb", "append") and "dst" in argv:
+            here.ifaces.setdefault(_word_after(argv, "dev"), []).append(f"floods to {_word_after(argv, 'dst')}")
         elif argv[:3] == ("ip", "link", "set") and len(argv) >= 6 and argv[4] == "netns":
             _move(pic, (netns, argv[3]), argv[5], side)
         elif argv[:3] == ("ip", "link", "set") and argv[-1] == "up" and len(argv) == 5:
@@ -299,8 +303,10 @@ def to_mermaid(pic: Picture) -> str:
 
 
 def _segments(pic: Picture):
-    """(VNI, its two ends) of each VXLAN segment drawn whole (both hosts' devices)."""
-    return [(vni, ends) for vni, ends in pic.tunnels.items() if len(ends) == 2]
+    """(VNI, two of its ends) for each pair of the devices of a VXLAN segment drawn whole (each of
+    its hosts' devices; a part of the lab alone has one)."""
+    return [(vni, pair) for vni, ends in pic.tunnels.items() if len(ends) >= 2
+            for pair in itertools.combinations(ends, 2)]
 
 
 def _lines(*texts: str) -> str:

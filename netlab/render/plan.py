@@ -51,7 +51,7 @@ SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 class Probe:
     netns: Optional[str]
     argv: Tuple[str, ...]
-    match: str  # "status", "output" or "equals"
+    match: str  # "status", "output", "equals" or "contains" (templates/macros.j2)
     value: Optional[str] = None
 
 

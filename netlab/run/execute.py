@@ -20,7 +20,7 @@ from netlab.render.plan import SAVED, Probe, Step, in_netns
 from netlab.run.netlink import NETNS_DIR
 
 COMMAND_TIMEOUT = 120  # seconds; no step of a lab comes near it
-_NETLINK_TOOLS = frozenset(("ip", "iptables", "iptables-restore", "iptables-save", "sysctl", "tc", "ss"))
+_NETLINK_TOOLS = frozenset(("ip", "bridge", "iptables", "iptables-restore", "iptables-save", "sysctl", "tc", "ss"))
 TIMED_OUT = 124  # the code of a command that did not answer in time: its effect is unknown
 
 
@@ -177,6 +177,8 @@ class Executor:
             return result.ok
         if probe.match == "output":
             return result.ok and bool(result.stdout.strip())
+        if probe.match == "contains":
+            return result.ok and probe.value in result.stdout
         return result.ok and result.stdout.strip() == probe.value
 
     def in_effect(self, step: Step) -> Optional[bool]:
