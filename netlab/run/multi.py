@@ -57,9 +57,7 @@ def parts(record: dict) -> List[dict]:
 def _lab_lock(name: str, state_dir_path) -> Iterator[None]:
     """One up or down of the lab NAME at a time from this machine, a second failing at once (as
     each part's own lock does on its host): NAME.lab.lock beside the lab record."""
-    lock = Lock(state_dir(state_dir_path), f"{name}{RECORD_SUFFIX}")
-    lock.name = name  # said as the lab's name
-    with lock:
+    with Lock(state_dir(state_dir_path), f"{name}{RECORD_SUFFIX}", label=name):
         yield
 
 

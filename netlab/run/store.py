@@ -158,9 +158,10 @@ class Lock:
     name the locked file, or the lock is taken again.
     """
 
-    def __init__(self, directory: Path, name: str):
+    def __init__(self, directory: Path, name: str, label: Optional[str] = None):
+        """The lock NAME.lock in DIRECTORY, said as LABEL (default NAME) when it is busy."""
         self.path = directory / f"{name}.lock"
-        self.name = name
+        self.name = label or name
         self._fd: Optional[int] = None
 
     def acquire(self) -> "Lock":
