@@ -244,7 +244,10 @@ class Plan:
         digest.update(b"]")
         return digest.hexdigest()[:16]
 
-    def to_dict(self) -> dict:
+    def to_dict(self, lazy: bool = False) -> dict:
+        """The plan as JSON data; with LAZY, its steps an iterator of their dicts, made one at a
+        time as a writer takes them (a large lab's are never all dicts at once)."""
+        steps = map(Step.to_dict, self.steps)
         return {
             "lab": self.lab,
             "title": self.title,
@@ -253,7 +256,7 @@ class Plan:
             "host_netns": self.host_netns,
             "params": dict(self.params),
             "digest": self.digest,
-            "steps": [step.to_dict() for step in self.steps],
+            "steps": steps if lazy else list(steps),
             "checks": [check.to_dict() for check in self.checks],
         }
 
