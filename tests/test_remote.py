@@ -449,3 +449,28 @@ def test_a_remote_lock_whose_netlab_here_was_killed_is_broken_at_once_and_a_live
             shell.kill()
             shell.wait()
         remote.run("down", name)
+
+
+def test_a_remote_lock_is_taken_over_from_a_gone_holder_also_past_a_taker_killed_in_the_take(tmp_path):
+    """The lock script as the remote host's sh runs it (here, locally: it needs no root): a lock whose
+    shell has ended is taken over; a NAME.lock.take a killed taker left a minute ago does not stop it."""
+    from netlab.remote.state import _HELD, _LOCK
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    lock, take = tmp_path / "lab.lock", tmp_path / "lab.lock.take"
+    os.symlink(f"{ended.pid}@boot/1/2", lock)
+    take.mkdir()
+    os.utime(take, (time.time() - 120, time.time() - 120))
+
+    def sh(script, *args):
+        return subprocess.run(["sh", "-c", script, "sh", str(tmp_path), "lab", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    assert sh(_HELD).returncode != 0  # its shell is gone: nobody holds it
+    taken = sh(_LOCK, f"{os.getpid()}@boot/3/4")
+    assert taken.returncode == 0, taken.stderr
+    assert os.readlink(lock) == f"{os.getpid()}@boot/3/4" and not take.exists()
+    assert sh(_HELD).returncode == 0  # held: this process lives
+    busy = sh(_LOCK, "1@boot/5/6")
+    assert busy.returncode == 3 and busy.stdout.strip() == f"{os.getpid()}@boot/3/4"

@@ -16,11 +16,14 @@ command run through the executor (plus readlink): no Python is needed there.
   as the local store does; anything else is refused (exit 2, one line).
 - The lock NAME.lock is a symlink to the pid of a remote shell that lives as
   long as the connection of its holder (RemoteExecutor.holder, which also
-  ends 30 s after the holder's heartbeats stop): `ln -s` makes it
-  atomically, or fails if it exists. A lock whose process is gone (the holder
-  was killed, or its connection dropped) is stale and is taken over, by one
-  taker at a time (`mkdir NAME.lock.take`), and only if it is still the stale
-  one.
+  ends 30 s after the holder's heartbeats stop), then `@` and who took it
+  (boot id, pid and start time of that netlab): `ln -s` makes it
+  atomically, or fails if it exists. A lock whose shell is gone (the holder
+  was killed, or its connection dropped; a zombie is gone) is stale and is
+  taken over, by one taker at a time (`mkdir NAME.lock.take`, which a taker
+  killed in it leaves behind: one a minute old is removed), and only if it
+  is still the stale one. A netlab on the machine of a lock's owner that has
+  ended (owner_gone) ends the lock's shell at once instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ while [ $n -lt 100 ]; do
   if mkdir "$l.take" 2>/dev/null; then  # one taker at a time; it removes the lock only if still stale
     [ "$(readlink "$l" 2>/dev/null)" = "$t" ] && rm -f "$l"
     rmdir "$l.take"
-  else
+  else  # a take lasts milliseconds: one a minute old was left by a taker killed in it
+    [ -n "$(find "$l.take" -maxdepth 0 -mmin +1 2>/dev/null)" ] && rmdir "$l.take" 2>/dev/null
     sleep 1
   fi
 done
