@@ -372,7 +372,7 @@ def test_a_link_that_dies_silently_mid_up_frees_the_lock_and_down_restores(remot
     name = f"{sandbox_prefix}-lab"
     process = _start_paused(remote, star20, name, 20, mode)
     try:
-        holder = int(os.readlink(remote.host.remote_state_dir / f"{name}.lock").partition("@")[0])  # PID@OWNER
+        holder = int(os.readlink(remote.host.remote_state_dir / f"{name}.lock").partition("/")[0])  # PID/START@OWNER
         remote.host.cut_link()
         resume(process)
         assert process.wait(90) == 1
@@ -399,21 +399,24 @@ def test_a_link_that_dies_silently_mid_up_frees_the_lock_and_down_restores(remot
     assert not remote.journal(name).exists()
 
 
-def test_a_remote_lock_s_owner_is_gone_only_when_it_ran_on_this_machine_and_has_ended():
-    """The owner part of a remote lock (PID@BOOT/OWNER_PID/START): a netlab here that ended lets
-    the next one here break the lock at once; a live one, another machine's or an old lock's never."""
+def test_a_remote_lock_s_owner_is_gone_only_when_it_ran_here_and_has_ended():
+    """The owner part of a remote lock (PID/START@BOOT:PIDNS/OWNER_PID/OWNER_START): a netlab here
+    (this kernel and pid namespace) that ended lets the next one here break the lock at once; a live
+    one, another machine's or container's, or an old lock's, never."""
     from netlab.programs.serve import start_time
-    from netlab.remote.state import owner_gone
-    from netlab.run.journal import boot_id
+    from netlab.remote.state import owner, owner_gone
 
     ended = subprocess.Popen(["true"])
     started = start_time(ended.pid)
     ended.wait()
-    here = boot_id()
-    assert owner_gone(f"123@{here}/{ended.pid}/{started}")
-    assert not owner_gone(f"123@{here}/{os.getpid()}/{start_time(os.getpid())}")
-    assert owner_gone(f"123@{here}/{os.getpid()}/1")  # that pid now names a later process
-    assert not owner_gone(f"123@another-boot/{ended.pid}/{started}")
+    here = owner().partition("/")[0]
+    boot, pidns = here.split(":")
+    assert owner() == f"{here}/{os.getpid()}/{start_time(os.getpid())}"
+    assert owner_gone(f"123/4@{here}/{ended.pid}/{started}")
+    assert not owner_gone(f"123/4@{owner()}")
+    assert owner_gone(f"123/4@{here}/{os.getpid()}/1")  # that pid now names a later process
+    assert not owner_gone(f"123/4@another-boot:{pidns}/{ended.pid}/{started}")
+    assert not owner_gone(f"123/4@{boot}:1/{ended.pid}/{started}")  # a container's: its pids are not ours
     assert not owner_gone("123")  # a lock without an owner: only its holder's end frees it
 
 
@@ -424,22 +427,24 @@ def test_a_remote_lock_whose_netlab_here_was_killed_is_broken_at_once_and_a_live
     of its connection's end); a sleep in a session of its own stands in for it, for good. A netlab on
     the machine of its owner sees the owner gone, ends the shell and goes on; while the owner runs, busy."""
     from netlab.programs.serve import start_time
-    from netlab.run.journal import boot_id
+    from netlab.remote.state import owner
 
     name = f"{sandbox_prefix}-lab"
     shell = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    holder = f"{shell.pid}/{start_time(shell.pid)}"
+    here = owner().partition("/")[0]
     ended = subprocess.Popen(["true"])
     ended_start = start_time(ended.pid)
     ended.wait()
     remote.host.remote_state_dir.mkdir(mode=0o700, exist_ok=True)
     lock = remote.host.remote_state_dir / f"{name}.lock"
     try:
-        os.symlink(f"{shell.pid}@{boot_id()}/{os.getpid()}/{start_time(os.getpid())}", lock)  # its owner: this test
+        os.symlink(f"{holder}@{owner()}", lock)  # its owner: this test
         busy = remote.run("up", star20, "--sandbox", name)
         assert busy.returncode == 1 and f"{name} is busy on {remote.host.remote}" in _one_line_error(busy)
         assert f"(through the shell pid {shell.pid} there" in busy.stderr and shell.poll() is None
         os.unlink(lock)
-        os.symlink(f"{shell.pid}@{boot_id()}/{ended.pid}/{ended_start}", lock)  # its owner has ended
+        os.symlink(f"{holder}@{here}/{ended.pid}/{ended_start}", lock)  # its owner has ended
         assert f"{name} is up" in remote.ok("up", star20, "--sandbox", name)
         assert shell.wait(10) == -signal.SIGTERM
         assert f"{name} is down" in remote.ok("down", name)
@@ -454,7 +459,8 @@ def test_a_remote_lock_whose_netlab_here_was_killed_is_broken_at_once_and_a_live
 def test_a_remote_lock_is_taken_over_from_a_gone_holder_also_past_a_taker_killed_in_the_take(tmp_path):
     """The lock script as the remote host's sh runs it (here, locally: it needs no root): a lock whose
     shell has ended is taken over; a NAME.lock.take a killed taker left a minute ago does not stop it."""
-    from netlab.remote.state import _HELD, _LOCK
+    from netlab.programs.serve import start_time
+    from netlab.remote.state import _BREAK, _HELD, _LOCK
 
     ended = subprocess.Popen(["true"])
     ended.wait()
@@ -474,3 +480,13 @@ def test_a_remote_lock_is_taken_over_from_a_gone_holder_also_past_a_taker_killed
     assert sh(_HELD).returncode == 0  # held: this process lives
     busy = sh(_LOCK, "1@boot/5/6")
     assert busy.returncode == 3 and busy.stdout.strip() == f"{os.getpid()}@boot/3/4"
+    # a lock whose shell's pid now names another process (this one, started at another time): not held,
+    # and breaking it ends nothing (this test goes on), it only removes the lock
+    os.unlink(lock)
+    reused = f"{os.getpid()}/1@boot/3/4"
+    os.symlink(reused, lock)
+    assert sh(_HELD).returncode != 0
+    assert sh(_BREAK, reused).returncode == 0 and not os.path.lexists(lock)
+    mine = f"{os.getpid()}/{start_time(os.getpid())}@boot/3/4"
+    os.symlink(mine, lock)
+    assert sh(_HELD).returncode == 0  # the pid and its start time: held

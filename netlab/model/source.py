@@ -183,17 +183,18 @@ def read_yaml(text: str, label: str):
 
 
 _STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+_COLLECTIONS = frozenset((_MAP, _SEQ, "tag:yaml.org,2002:set", "tag:yaml.org,2002:omap", "tag:yaml.org,2002:pairs"))
 
 
 class _Open:
     """A mapping or sequence being built: its value, where it is (PATH, for messages), its
     anchor, and for a mapping the key whose value comes next (and the key's line)."""
 
-    __slots__ = ("data", "path", "anchor", "key", "line")
+    __slots__ = ("data", "path", "anchor", "mark", "key", "line")
     NO_KEY = object()
 
-    def __init__(self, data, path: str, anchor: Optional[str]):
-        self.data, self.path, self.anchor, self.key, self.line = data, path, anchor, self.NO_KEY, 0
+    def __init__(self, data, path: str, anchor: Optional[str], mark):
+        self.data, self.path, self.anchor, self.mark, self.key, self.line = data, path, anchor, mark, self.NO_KEY, 0
 
     def child_path(self) -> str:
         """The path of the value that comes next in it: a key's is the mapping's own."""
@@ -252,10 +253,18 @@ def _build(events, label: str):
             tag = event.tag
             if tag is None or tag == "!":
                 tag = resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+            if tag in _COLLECTIONS:  # a mapping's or a list's tag on a single value
+                raise InputError(f"line {event.start_mark.line + 1}: the tag {tag!r} makes no plain data", label)
             if tag != _STR:
                 node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
-                value = scalars.construct_object(node)  # refuses what the safe subset does not know
-                scalars.constructed_objects.clear()
+                try:
+                    value = scalars.construct_object(node)  # refuses what the safe subset does not know
+                except (ValueError, TypeError, KeyError, OverflowError):  # `!!int abc`, `!!timestamp 2020-13-45`
+                    where = f"{path}: " if path else ""
+                    raise InputError(f"line {event.start_mark.line + 1}: {where}{shown(event.value)} does not read "
+                                     f"as its tag !!{tag.rpartition(':')[2]} says", label) from None
+                finally:
+                    scalars.constructed_objects.clear()
             elif CONTROL.search(event.value):
                 where = f"{path}: " if path else ""
                 raise InputError(f"line {event.start_mark.line + 1}: {where}{shown(event.value)} has a control "
@@ -274,7 +283,8 @@ def _build(events, label: str):
                 node_class = yaml.MappingNode if mapping else yaml.SequenceNode
                 scalars.construct_object(node_class(event.tag, [], event.start_mark, event.end_mark))  # unknown: refused
                 raise InputError(f"line {event.start_mark.line + 1}: the tag {event.tag!r} makes no plain data", label)
-            opened = _Open({} if mapping else [], stack[-1].child_path() if stack else "", event.anchor)
+            opened = _Open({} if mapping else [], stack[-1].child_path() if stack else "", event.anchor,
+                           event.start_mark)
             anchored(event, opened.data)
             if event.anchor is not None:
                 building.add(event.anchor)
@@ -282,7 +292,7 @@ def _build(events, label: str):
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             done = stack.pop()
             building.discard(done.anchor)
-            put(done.data, event.start_mark)
+            put(done.data, done.mark)  # a key is said where it begins
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
             line = event.start_mark.line + 1

@@ -40,6 +40,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from netlab.errors import ConnectionFailed, ConnectionLost, InputError, NetlabError
 from netlab.run.execute import Executor, Result
+from netlab.remote.state import owner
 
 CONNECT_TIMEOUT = 15  # seconds to connect and log in
 ALIVE_INTERVAL, ALIVE_COUNT = 5, 3  # a dead link is given up after about 15 s
@@ -382,10 +383,10 @@ class RemoteExecutor(Executor):
         return ["ssh", *(["-t"] if tty else []), *self.remote.ssh_arguments(*_DEFAULTS), remote_command]
 
     def holder(self) -> str:
-        """PID@OWNER: the pid of a remote shell that lives as long as this run holds its connection,
-        and OWNER (this machine's boot id, this process's pid and start time). A remote lock names
-        it, and is stale once that shell is gone, or may be ended at once by a netlab on this
-        machine that sees OWNER gone (netlab.remote.state).
+        """PID/START@OWNER: the pid and start time of a remote shell that lives as long as this run
+        holds its connection, and OWNER (netlab.remote.state.owner: this process, where it runs). A
+        remote lock names it, and is stale once that shell is gone, or may be ended at once by a
+        netlab beside its owner that sees the owner gone (netlab.remote.state).
         It ends when its stdin closes (netlab or the master died), and, after a link went
         silent, when no heartbeat came for HOLDER_TIMEOUT seconds (sshd may not notice a
         dead connection for hours)."""
@@ -393,14 +394,14 @@ class RemoteExecutor(Executor):
             if self._holder is None:
                 process = self.connection.machine["sh"]["-c", _HOLDER, "sh", str(HOLDER_TIMEOUT)].popen(
                     new_session=True)
-                pid = process.stdout.readline().decode(errors="replace").strip()
-                if not pid.isdigit():
+                pid = process.stdout.readline().decode(errors="replace").strip()  # PID/START of the shell
+                if not re.fullmatch(r"\d+/\d+", pid):
                     process.kill()
                     raise self.connection.lost("no remote shell to hold the lock")
                 stop = threading.Event()
                 beat = threading.Thread(target=_heartbeat, args=(process, stop), daemon=True)
                 beat.start()
-                self._holder = (process, stop, f"{pid}@{_owner()}")
+                self._holder = (process, stop, f"{pid}@{owner()}")
             return self._holder[2]
 
     def close(self) -> None:
@@ -415,17 +416,11 @@ class RemoteExecutor(Executor):
             self._holder = None
 
 
-def _owner() -> str:
-    """This process, for a remote lock: this machine's boot id, its pid and its start time."""
-    from netlab.programs.serve import start_time
-    from netlab.run.journal import boot_id
-
-    return f"{boot_id()}/{os.getpid()}/{start_time(os.getpid())}"
-
-
 HOLDER_TIMEOUT = 30  # seconds without a heartbeat after which the remote lock holder ends
 _HOLDER = r"""
-echo $$
+s=$(cat /proc/$$/stat) || exit 1
+set -- "$1" ${s##*')'}
+echo "$$/${21}"
 while :; do
   (trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "$1" & s=$!; wait $s && kill $$) </dev/null >/dev/null 2>&1 &
   w=$!

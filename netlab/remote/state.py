@@ -29,6 +29,7 @@ command run through the executor (plus readlink): no Python is needed there.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import PurePosixPath
 from typing import List, Optional
 
@@ -61,16 +62,20 @@ if [ ! -e "$d" ] && [ ! -L "$d" ] && [ "$2" = create ]; then (umask 077 && mkdir
 if [ -e "$d" ] || [ -L "$d" ]; then trusted "$d" d; chmod 700 "$d" || exit 3; fi
 printf '%s\n' "$d"
 '''
-# alive PID: PID runs (a zombie does not: an init slow to reap leaves a dead holder one, and `kill -0`
-# would call it alive). holder TOKEN: the holder's pid, from the lock's target PID[@OWNER].
+# alive TOKEN: the holder shell a lock names (PID[/START] before any @OWNER) runs: not a zombie (an
+# init slow to reap leaves an ended one, which `kill -0` calls alive), nor a later process given its pid
+# (its start time differs). holder TOKEN: that shell's pid.
 _ALIVE = r'''
 alive() {
-  kill -0 "$1" 2>/dev/null || return 1
-  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
-  case ${s##*')'} in ' Z'* | ' X'*) return 1 ;; esac
-  return 0
+  h=${1%%@*}
+  p=${h%%/*}
+  kill -0 "$p" 2>/dev/null || return 1
+  s=$(cat "/proc/$p/stat" 2>/dev/null) || return 0
+  set -- ${s##*')'}
+  case $1 in Z | X) return 1 ;; esac
+  [ "$h" = "$p" ] || [ "${20}" = "${h#*/}" ]
 }
-holder() { printf '%s\n' "${1%%@*}"; }
+holder() { h=${1%%@*}; printf '%s\n' "${h%%/*}"; }
 '''
 _LOCK = _ALIVE + r'''
 command -v readlink >/dev/null || { echo "readlink is missing" >&2; exit 4; }
@@ -84,7 +89,7 @@ while [ $n -lt 100 ]; do
     continue
   fi
   t=$(readlink "$l") || continue
-  if alive "$(holder "$t")"; then printf '%s\n' "$t"; exit 3; fi
+  if alive "$t"; then printf '%s\n' "$t"; exit 3; fi
   if mkdir "$l.take" 2>/dev/null; then  # one taker at a time; it removes the lock only if still stale
     [ "$(readlink "$l" 2>/dev/null)" = "$t" ] && rm -f "$l"
     rmdir "$l.take"
@@ -95,24 +100,26 @@ while [ $n -lt 100 ]; do
 done
 echo "cannot take $l" >&2; exit 4
 '''
-# break DIR NAME TOKEN: end the holder of a lock whose owner is known dead (it would end on its own, a
-# moment later), and remove the lock if it is still TOKEN's; exit 3 if the holder will not end.
+# break DIR NAME TOKEN: end the holder shell of a lock whose owner is known to have ended (it would end
+# on its own, a moment later), and remove the lock if it is still TOKEN's; exit 3 if the shell will not end.
 _BREAK = _ALIVE + r'''
 l=$1/$2.lock
 [ "$(readlink "$l" 2>/dev/null)" = "$3" ] || exit 0
-p=$(holder "$3")
-kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null  # its group (its heartbeat watcher too): dash takes no --
-n=0
-while alive "$p"; do
-  n=$((n + 1))
-  [ $n -gt 100 ] && exit 3
-  sleep 0.05 2>/dev/null || sleep 1
-done
+if alive "$3"; then
+  p=$(holder "$3")
+  kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null  # its group (its heartbeat watcher too): dash takes no --
+  n=0
+  while alive "$3"; do
+    n=$((n + 1))
+    [ $n -gt 100 ] && exit 3
+    sleep 0.05 2>/dev/null || sleep 1
+  done
+fi
 [ "$(readlink "$l" 2>/dev/null)" = "$3" ] && rm -f "$l"
 exit 0
 '''
 _UNLOCK = r'''[ "$(readlink "$1/$2.lock" 2>/dev/null)" = "$3" ] && rm -f "$1/$2.lock"; exit 0'''
-_HELD = _ALIVE + r'''t=$(readlink "$1/$2.lock" 2>/dev/null) && alive "$(holder "$t")"'''
+_HELD = _ALIVE + r'''t=$(readlink "$1/$2.lock" 2>/dev/null) && alive "$t"'''
 _READ = _TRUSTED + r'''[ -e "$1" ] || [ -L "$1" ] || exit 3; trusted "$1" f; cat "$1"'''
 _CREATE = r'''
 t=$(dirname "$1")/.$(basename "$1").$$.tmp
@@ -211,15 +218,33 @@ class RemoteStore(Store):
         return sorted(journals, key=lambda journal: journal.name)
 
 
-def owner_gone(token: str) -> bool:
-    """Whether the netlab that holds a remote lock (its TOKEN, RemoteExecutor.holder) ran on this
-    machine and has ended: then its holder there is on its way out, and may be ended now."""
-    from netlab.programs.serve import running_start_time
+def owner() -> str:
+    """This process, as a remote lock names who took it: where it runs (this machine's boot id and
+    its pid namespace: containers on one kernel share the boot id, not their pids), its pid and its
+    start time."""
+    from netlab.programs.serve import start_time
     from netlab.run.journal import boot_id
 
-    boot, _, owner = token.partition("@")[2].partition("/")
-    pid, _, started = owner.partition("/")
-    return boot == boot_id() and pid.isdigit() and running_start_time(int(pid)) != started
+    return f"{boot_id()}:{_pid_namespace()}/{os.getpid()}/{start_time(os.getpid())}"
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return "unknown"
+
+
+def owner_gone(token: str) -> bool:
+    """Whether the netlab that holds a remote lock (its TOKEN, RemoteExecutor.holder) ran where this
+    one runs (the same kernel and pid namespace) and has ended: then the lock's shell on the host
+    is on its way out, and may be ended now."""
+    from netlab.programs.serve import running_start_time
+
+    where, _, rest = token.partition("@")[2].partition("/")
+    pid, _, started = rest.partition("/")
+    here = owner().partition("/")[0]
+    return where == here and "unknown" not in where and pid.isdigit() and running_start_time(int(pid)) != started
 
 
 class RemoteLock:
@@ -238,7 +263,7 @@ class RemoteLock:
                 said = self.store._sh(_LOCK, str(self.store.directory), self.name, holder)
         if said.code == 3:
             label = self.store.executor.remote.label
-            shell = said.stdout.strip().partition("@")[0]
+            shell = said.stdout.strip().partition("@")[0].partition("/")[0]
             raise LabBusy(f"{self.name} is busy{self.store.where}: another netlab up or down of it holds its "
                           f"lock (through the shell pid {shell} there, which ends with that run's connection); "
                           f"wait for it, or check `netlab status --remote {label}`")

@@ -10,6 +10,7 @@ read the live kernel the same way.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -158,8 +159,11 @@ class Executor:
         try:
             out, err = process.communicate(None if input is None else input.encode(encoding),
                                            timeout=COMMAND_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        except subprocess.TimeoutExpired:  # its session, with whatever it started that holds its output
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                process.kill()
             process.communicate()
             return Result(full, TIMED_OUT, "", f"no answer after {COMMAND_TIMEOUT} s")
         return self.finished(Result(full, process.returncode, out.decode(encoding, "ignore"),

@@ -11,7 +11,7 @@ all, also after `up` was killed. If any part fails, every part is taken down
 again (the failed one has rolled itself back), the underlay last: either the
 whole lab is up, or none of it. `down` takes the hosts down side by side,
 then the underlay, and forgets the record only when every part is down.
-An up or down of the lab holds NAME.lab.lock beside the record, so a second
+An up or down of the lab holds NAME+lab.lock beside the record, so a second
 one from this machine fails at once instead of meeting the first on a host.
 """
 
@@ -56,8 +56,9 @@ def parts(record: dict) -> List[dict]:
 @contextlib.contextmanager
 def _lab_lock(name: str, state_dir_path) -> Iterator[None]:
     """One up or down of the lab NAME at a time from this machine, a second failing at once (as
-    each part's own lock does on its host): NAME.lab.lock beside the lab record."""
-    with Lock(state_dir(state_dir_path), f"{name}{RECORD_SUFFIX}", label=name):
+    each part's own lock does on its host): NAME+lab.lock beside the lab record (no lab's name
+    has a +, so no lab of one host has that lock)."""
+    with Lock(state_dir(state_dir_path), f"{name}+lab", label=name):
         yield
 
 
