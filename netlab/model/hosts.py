@@ -3,16 +3,17 @@
 A topology may declare `hosts`: each a name, the underlay address the other
 hosts reach it at, and how netlab reaches it (`local`, `[USER@]HOST[:PORT]`
 or `vagrant:NAME`). Each `netns` step then names its host (`host: a`), and
-every step inside that namespace runs there; a step on a host's own side
-(a bridge, a rule) names its host too. A `vxlan` step joins the bridges of
-one name on two or more hosts: on each, a kernel VXLAN device (its VNI, UDP
-port 4789 unless set) plugged into that host's bridge, which sends to the
-other host's underlay address (`remote`); with more hosts, a frame for a MAC
-it has not learnt (a broadcast, an ARP) is sent to each of the others, one
+every step inside that namespace runs there; a step on a host's own side (a
+bridge, a rule) names its host too. A `vxlan` step joins the bridges of one
+name on two or more hosts: on each, a kernel VXLAN device (its VNI, UDP port
+4789 unless set) plugged into that host's bridge, which sends to the other
+host's underlay address (`remote`); with more hosts, a frame for a MAC it
+has not learnt (a broadcast, an ARP) is sent to each of the others, one
 `bridge fdb append 00:00:00:00:00:00 ... dst ADDRESS` entry per host
-(head-end replication, as Linux overlays do without multicast). `split` turns such a topology into one topology per
-host, each an ordinary lab that netlab.render.plan renders like any other
-(the VXLAN device is an ordinary `ip link add ... type vxlan` step there).
+(head-end replication, as Linux overlays do without multicast). `split` turns such
+a topology into one topology per host, each an ordinary lab that
+netlab.render.plan renders like any other (the VXLAN device is an ordinary
+`ip link add ... type vxlan` step there).
 
 The VXLAN header takes 50 bytes of each frame: a device on an underlay of
 MTU 1500 carries frames of up to 1450 bytes, and the kernel gives it that

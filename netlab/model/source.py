@@ -188,13 +188,13 @@ _COLLECTIONS = frozenset((_MAP, _SEQ, "tag:yaml.org,2002:set", "tag:yaml.org,200
 
 class _Open:
     """A mapping or sequence being built: its value, where it is (PATH, for messages), its
-    anchor, and for a mapping the key whose value comes next (and the key's line)."""
+    anchor, where it begins (MARK), and for a mapping the key whose value comes next."""
 
-    __slots__ = ("data", "path", "anchor", "mark", "key", "line")
+    __slots__ = ("data", "path", "anchor", "mark", "key")
     NO_KEY = object()
 
     def __init__(self, data, path: str, anchor: Optional[str], mark):
-        self.data, self.path, self.anchor, self.mark, self.key, self.line = data, path, anchor, mark, self.NO_KEY, 0
+        self.data, self.path, self.anchor, self.mark, self.key = data, path, anchor, mark, self.NO_KEY
 
     def child_path(self) -> str:
         """The path of the value that comes next in it: a key's is the mapping's own."""
@@ -220,6 +220,9 @@ def _build(events, label: str):
     stack: List[_Open] = []
     result, documents, aliases = None, None, 0
 
+    def refused(mark, what: str, path: str = "") -> InputError:
+        return InputError(f"line {mark.line + 1}: {path + ': ' if path else ''}{what}", label)
+
     def put(value, mark) -> None:
         nonlocal result
         if not stack:
@@ -229,12 +232,11 @@ def _build(events, label: str):
         if isinstance(top.data, list):
             top.data.append(value)
         elif top.key is _Open.NO_KEY:
-            line = mark.line + 1
             if not isinstance(value, (str, int, float, bool)) and value is not None:
-                raise InputError(f"line {line}: a key must be a plain word, not {type(value).__name__}", label)
+                raise refused(mark, f"a key must be a plain word, not {type(value).__name__}")
             if value in top.data:
-                raise InputError(f"line {line}: key {shown(str(value))} appears twice", label)
-            top.key, top.line = value, line
+                raise refused(mark, f"key {shown(str(value))} appears twice")
+            top.key = value
         else:
             top.data[top.key] = value
             top.key = _Open.NO_KEY
@@ -254,35 +256,32 @@ def _build(events, label: str):
             if tag is None or tag == "!":
                 tag = resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
             if tag in _COLLECTIONS:  # a mapping's or a list's tag on a single value
-                raise InputError(f"line {event.start_mark.line + 1}: the tag {tag!r} makes no plain data", label)
+                raise refused(event.start_mark, f"the tag {tag!r} makes no plain data")
             if tag != _STR:
                 node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
                 try:
                     value = scalars.construct_object(node)  # refuses what the safe subset does not know
                 except (ValueError, TypeError, KeyError, OverflowError):  # `!!int abc`, `!!timestamp 2020-13-45`
-                    where = f"{path}: " if path else ""
-                    raise InputError(f"line {event.start_mark.line + 1}: {where}{shown(event.value)} does not read "
-                                     f"as its tag !!{tag.rpartition(':')[2]} says", label) from None
+                    raise refused(event.start_mark, f"{shown(event.value)} does not read as its tag "
+                                                    f"!!{tag.rpartition(':')[2]} says", path) from None
                 finally:
                     scalars.constructed_objects.clear()
             elif CONTROL.search(event.value):
-                where = f"{path}: " if path else ""
-                raise InputError(f"line {event.start_mark.line + 1}: {where}{shown(event.value)} has a control "
-                                 f"character (U+{ord(CONTROL.search(event.value).group()):04X}), which no field may "
-                                 "hold", label)
+                raise refused(event.start_mark, f"{shown(event.value)} has a control character "
+                                                f"(U+{ord(CONTROL.search(event.value).group()):04X}), which no field "
+                                                "may hold", path)
             else:
                 value = event.value
             anchored(event, value)
             put(value, event.start_mark)
         elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             if len(stack) >= MAX_DEPTH:
-                raise InputError(f"line {event.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels; "
-                                 "a lab needs four", label)
+                raise refused(event.start_mark, f"nested deeper than {MAX_DEPTH} levels; a lab needs four")
             mapping = isinstance(event, yaml.MappingStartEvent)
             if event.tag not in (None, "!", _MAP if mapping else _SEQ):
-                node_class = yaml.MappingNode if mapping else yaml.SequenceNode
-                scalars.construct_object(node_class(event.tag, [], event.start_mark, event.end_mark))  # unknown: refused
-                raise InputError(f"line {event.start_mark.line + 1}: the tag {event.tag!r} makes no plain data", label)
+                node_class = yaml.MappingNode if mapping else yaml.SequenceNode  # a tag the safe subset does not
+                scalars.construct_object(node_class(event.tag, [], event.start_mark, event.end_mark))  # know: refused
+                raise refused(event.start_mark, f"the tag {event.tag!r} makes no plain data")
             opened = _Open({} if mapping else [], stack[-1].child_path() if stack else "", event.anchor,
                            event.start_mark)
             anchored(event, opened.data)
@@ -295,15 +294,13 @@ def _build(events, label: str):
             put(done.data, done.mark)  # a key is said where it begins
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
-            line = event.start_mark.line + 1
             if aliases > MAX_ALIASES:
-                raise InputError(f"line {line}: more than {MAX_ALIASES} aliases", label)
+                raise refused(event.start_mark, f"more than {MAX_ALIASES} aliases")
             if event.anchor not in anchors:
                 raise ComposerError(None, None, f"found undefined alias {event.anchor!r}", event.start_mark)
             if event.anchor in building:  # said at the line of the value that would hold itself
-                path = stack[-1].child_path() if stack else ""
-                raise InputError(f"line {anchors[event.anchor][1].line + 1}: {path or 'the file'}: an alias refers to a value that holds it "
-                                 "(a cycle)", label)
+                raise refused(anchors[event.anchor][1], "an alias refers to a value that holds it (a cycle)",
+                              (stack[-1].child_path() if stack else "") or "the file")
             put(anchors[event.anchor][0], event.start_mark)
         elif isinstance(event, yaml.DocumentStartEvent):
             if documents is not None:

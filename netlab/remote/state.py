@@ -16,14 +16,15 @@ command run through the executor (plus readlink): no Python is needed there.
   as the local store does; anything else is refused (exit 2, one line).
 - The lock NAME.lock is a symlink to the pid of a remote shell that lives as
   long as the connection of its holder (RemoteExecutor.holder, which also
-  ends 30 s after the holder's heartbeats stop), then `@` and who took it
-  (boot id, pid and start time of that netlab): `ln -s` makes it
-  atomically, or fails if it exists. A lock whose shell is gone (the holder
-  was killed, or its connection dropped; a zombie is gone) is stale and is
-  taken over, by one taker at a time (`mkdir NAME.lock.take`, which a taker
-  killed in it leaves behind: one a minute old is removed), and only if it
-  is still the stale one. A netlab on the machine of a lock's owner that has
-  ended (owner_gone) ends the lock's shell at once instead of waiting for it.
+  ends 30 s after the holder's heartbeats stop) and its start time, then `@`
+  and who took it (owner(): where that netlab runs, its pid and start time):
+  `ln -s` makes it atomically, or fails if it exists. A lock whose shell is
+  gone (the holder was killed, or its connection dropped; a zombie, or a
+  later process given its pid, is no holder) is stale and is taken over, by
+  one taker at a time (`mkdir NAME.lock.take`, which a taker killed in it
+  leaves behind: one a minute old is removed), and only if it is still the
+  stale one. A netlab where a lock's owner ran that sees the owner ended
+  (owner_gone) ends the lock's shell at once instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -219,20 +220,22 @@ class RemoteStore(Store):
 
 
 def owner() -> str:
-    """This process, as a remote lock names who took it: where it runs (this machine's boot id and
-    its pid namespace: containers on one kernel share the boot id, not their pids), its pid and its
-    start time."""
+    """This process, as a remote lock names who took it: where it runs, its pid and its start time."""
     from netlab.programs.serve import start_time
+
+    return f"{_where()}/{os.getpid()}/{start_time(os.getpid())}"
+
+
+def _where() -> str:
+    """Where this process runs, as far as its pids mean anything: this machine's boot id and its pid
+    namespace (containers on one kernel share the boot id, not their pids)."""
     from netlab.run.journal import boot_id
 
-    return f"{boot_id()}:{_pid_namespace()}/{os.getpid()}/{start_time(os.getpid())}"
-
-
-def _pid_namespace() -> str:
     try:
-        return os.readlink("/proc/self/ns/pid").strip("pid:[]")
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
     except OSError:
-        return "unknown"
+        namespace = "unknown"
+    return f"{boot_id()}:{namespace}"
 
 
 def owner_gone(token: str) -> bool:
@@ -243,8 +246,7 @@ def owner_gone(token: str) -> bool:
 
     where, _, rest = token.partition("@")[2].partition("/")
     pid, _, started = rest.partition("/")
-    here = owner().partition("/")[0]
-    return where == here and "unknown" not in where and pid.isdigit() and running_start_time(int(pid)) != started
+    return where == _where() and "unknown" not in where and pid.isdigit() and running_start_time(int(pid)) != started
 
 
 class RemoteLock:
