@@ -20,6 +20,14 @@ in a sandbox, so nothing outside namespaces named PREFIX-* changes:
   its namespace, `iptables-restore --noflush`, and down by deleting the
   namespaces in one `ip -batch`: about the fewest processes the kernel work
   can be done with;
+- the floor of `--host-netns` (floor_script(host=...)): the same floor on a
+  namespace made just before, as netlab's --host-netns row; its `down` is the
+  same work as netlab's there: the lab's namespaces deleted in one `ip
+  -batch`, the host side's links in one `ip -force -batch`, its rules in one
+  `iptables-restore`, ip_forward put back, and then a wait until the kernel
+  has removed the host ends of the veths (as `netlab down` waits, so that the
+  host is as before when it returns). The plain floor's `down` returns as soon
+  as `ip netns del` has asked: the kernel's work is still to come then;
 - the same lab split over two sandbox hosts (`netlab up FILE --sandbox
   nlbNm`, FILE the star with `hosts` a and b, each its half of the
   namespaces, the bridges joined by VXLAN): the underlay, then both hosts'
@@ -88,7 +96,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TOOLS = ("netlab", "script", "host-netns", "floor", "two-hosts", "rootless")  # in the order each run takes them
+TOOLS = ("netlab", "script", "host-netns", "floor", "host-floor", "two-hosts", "rootless")  # in the order each run takes them
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYTHON = ROOT / ".venv" / "bin" / "python"
 sys.path.insert(0, str(ROOT))
@@ -192,12 +200,16 @@ class Bench:
                 "host_prefix": f"{self.args.prefix}{n}h",
                 "floor_prefix": f"{self.args.prefix}{n}f",
                 "floor": self.tmp / f"{name}-floor.sh",
+                "host_floor_prefix": f"{self.args.prefix}{n}g",
+                "host_floor": self.tmp / f"{name}-host-floor.sh",
                 "split": self.tmp / f"{name}-split.yaml",
                 "split_prefix": f"{self.args.prefix}{n}m",
             }
             self.prefixes += [lab["netlab_prefix"], lab["script_prefix"], lab["host_prefix"], lab["floor_prefix"],
-                              lab["split_prefix"]]
+                              lab["host_floor_prefix"], lab["split_prefix"]]
             lab["floor"].write_text(floor_script(n, lab["floor_prefix"]))
+            lab["host_floor"].write_text(floor_script(n, lab["host_floor_prefix"],
+                                                      host=f"{lab['host_floor_prefix']}-given"))
             lab["file"].write_text(star_lab(n, name))
             lab["split"].write_text(star_lab(n, f"{name}s", split=True))
             os.chmod(lab["file"], 0o644)
@@ -248,12 +260,34 @@ class Bench:
                       "netlab up --host-netns")
         self.must_be_up(n, prefix, "netlab up --host-netns")  # the lab's N, its wan and the given host
         down = self.run(self.netlab + ["down", prefix], "netlab down (--host-netns)")
-        left = self.quiet(["ip", "-n", given, "-o", "link", "show"]).stdout.splitlines()
-        if len(left) != 1:  # lo
-            raise Failed(f"after netlab down (--host-netns) at N={n}: links left in {given}: {left[:3]}")
-        self.quiet(["ip", "netns", "del", given])
+        self.host_must_be_as_before(n, given, "netlab down (--host-netns)")
         self.must_be_down(n, prefix, "netlab down (--host-netns)", record=self.state / f"{prefix}.journal")
         return up, down
+
+    def host_floor_up_down(self, n, run):
+        """The floor script on a namespace that plays an existing host, as host_netns_up_down."""
+        lab = self.labs[n]
+        prefix = lab["host_floor_prefix"]
+        given = f"{prefix}-given"
+        self.must_be_down(n, prefix, "the floor script up on a host")
+        self.quiet(["ip", "netns", "add", given])
+        up = self.run(["bash", str(lab["host_floor"]), "up"], "the floor script up on a host")
+        self.must_be_up(n, prefix, "the floor script up on a host")
+        down = self.run(["bash", str(lab["host_floor"]), "down"], "the floor script down on a host")
+        self.host_must_be_as_before(n, given, "the floor script down on a host")
+        self.must_be_down(n, prefix, "the floor script down on a host")
+        return up, down
+
+    def host_must_be_as_before(self, n, given, after):
+        """After a down on the host GIVEN: only its lo, no rule, ip_forward 0; then it is deleted."""
+        left = self.quiet(["ip", "-n", given, "-o", "link", "show"]).stdout.splitlines()
+        rules = [line for line in self.quiet(["ip", "netns", "exec", given, "iptables-save"]).stdout.splitlines()
+                 if line.startswith("-A")]
+        forward = self.quiet(["ip", "netns", "exec", given, "sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
+        if len(left) != 1 or rules or forward != "0":  # lo
+            raise Failed(f"after {after} at N={n}: left in {given}: links {left[:3]}, rules {rules[:3]}, "
+                         f"ip_forward {forward}")
+        self.quiet(["ip", "netns", "del", given])
 
     def split_up_down(self, n, run):
         """The same lab split over two sandbox hosts (netlab.model.hosts): each its half, side by side."""
@@ -318,7 +352,7 @@ class Bench:
     def measure(self):
         smallest, largest = min(self.args.sizes), max(self.args.sizes)
         every = {"netlab": self.netlab_up_down, "script": self.script_up_down, "host-netns": self.host_netns_up_down,
-                 "floor": self.floor_up_down, "two-hosts": self.split_up_down, "rootless": self.rootless_up_down}
+                 "floor": self.floor_up_down, "host-floor": self.host_floor_up_down, "two-hosts": self.split_up_down, "rootless": self.rootless_up_down}
         tools = {tool: every[tool] for tool in self.args.tools}
         say(f"warm-up (untimed): {', '.join(tools)}, up and down, N={smallest}")
         for up_down in tools.values():
@@ -356,6 +390,9 @@ class Bench:
                 result = self.quiet(self.netlab + ["down", prefix], check=False)
                 if result.returncode:
                     warn(f"cleanup: netlab down {prefix} failed ({result.returncode}): {result.stderr.strip()}")
+            prefix = lab["host_floor_prefix"]
+            if lab["host_floor"].exists() and self.namespaces(prefix):
+                self.quiet(["bash", str(lab["host_floor"]), "down"], check=False)
             prefix = lab["host_prefix"]
             if (self.state / f"{prefix}.journal").exists():
                 result = self.quiet(self.netlab + ["down", prefix], check=False)
@@ -434,37 +471,39 @@ class Bench:
                        f"{script[1]} | {r['netlab_up_ms_per_ns']:.2f} / {r['netlab_down_ms_per_ns']:.2f} | "
                        f"{r['netlab_up_peak_rss_mb']:.1f} / {r['netlab_down_peak_rss_mb']:.1f} |")
         out.append("")
-        if timed & {"host-netns", "floor"}:
-            out.append("On a host that exists (`--host-netns`, a namespace made just before) and a floor script (one "
-                       "`ip -batch` per namespace through `nsenter --net=`, veths born in their namespaces, "
-                       "`iptables-restore --noflush`, down by deleting the namespaces), in the same runs:")
+        compared = timed & {"host-netns", "floor", "host-floor"}
+        if compared:
+            out.append("On a host that exists (`--host-netns`, a namespace made just before), and the floor scripts "
+                       "(one `ip -batch` per namespace through `nsenter --net=`, veths born in their namespaces, "
+                       "`iptables-restore --noflush`; the floor's down deletes the namespaces and returns, the host "
+                       "floor's down also puts its host back and waits until the kernel has removed the links "
+                       "there, as `netlab down` does), in the same runs:")
             out.append("")
-            out.append("| N | sandbox up (s) | --host-netns up (s) | floor up (s) | host-netns/sandbox up "
-                       "| sandbox/floor up | host-netns/floor up | sandbox down (s) | --host-netns down (s) "
-                       "| floor down (s) | sandbox/floor down | host-netns/floor down |")
-            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for n in sizes if timed & {"host-netns", "floor"} else ():
+            out.append("| N | action | sandbox (s) | --host-netns (s) | floor (s) | host floor (s) "
+                       "| host-netns/sandbox | sandbox/floor | host-netns/floor | host-netns/host floor |")
+            out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n in sizes if compared else ():
             r = summary[n]
-            for tool in ("host-netns", "floor"):
+            for tool in ("host-netns", "floor", "host-floor"):
                 for action in ("up", "down"):
                     if tool in timed:
                         r[f"{tool}_{action}"] = med(n, tool, action)
-            if "host-netns" in timed:
-                r["host_sandbox_up"] = r["host-netns_up"] / r["netlab_up"]
             for action in ("up", "down"):
-                if "floor" in timed:
-                    r[f"sandbox_floor_{action}"] = r[f"netlab_{action}"] / r[f"floor_{action}"]
-                if timed >= {"host-netns", "floor"}:
-                    r[f"host_floor_{action}"] = r[f"host-netns_{action}"] / r[f"floor_{action}"]
+                for key, mine, theirs in ((f"host_sandbox_{action}", "host-netns", "netlab"),
+                                          (f"sandbox_floor_{action}", "netlab", "floor"),
+                                          (f"hostnetns_floor_{action}", "host-netns", "floor"),
+                                          (f"hostnetns_hostfloor_{action}", "host-netns", "host-floor")):
+                    if {mine, theirs} <= timed | {"netlab"}:
+                        r[key] = r[f"{mine}_{action}"] / r[f"{theirs}_{action}"]
 
-            def cell(key, digits=3, unit=""):
-                return f"{r[key]:.{digits}f}{unit}" if key in r else "-"
+                def cell(key, digits=3, unit=""):
+                    return f"{r[key]:.{digits}f}{unit}" if key in r else "-"
 
-            out.append(f"| {n} | {cell('netlab_up')} | {cell('host-netns_up')} | {cell('floor_up')} | "
-                       f"{cell('host_sandbox_up', 2, 'x')} | {cell('sandbox_floor_up', 2, 'x')} | "
-                       f"{cell('host_floor_up', 2, 'x')} | {cell('netlab_down')} | {cell('host-netns_down')} | "
-                       f"{cell('floor_down')} | {cell('sandbox_floor_down', 2, 'x')} | "
-                       f"{cell('host_floor_down', 2, 'x')} |")
+                out.append(f"| {n} | {action} | {cell(f'netlab_{action}')} | {cell(f'host-netns_{action}')} | "
+                           f"{cell(f'floor_{action}')} | {cell(f'host-floor_{action}')} | "
+                           f"{cell(f'host_sandbox_{action}', 2, 'x')} | {cell(f'sandbox_floor_{action}', 2, 'x')} | "
+                           f"{cell(f'hostnetns_floor_{action}', 2, 'x')} | "
+                           f"{cell(f'hostnetns_hostfloor_{action}', 2, 'x')} |")
         rootless = self.user is not None
         if rootless:
             out.append("")
@@ -565,19 +604,30 @@ class Bench:
                    f"{summary[largest]['floor_up'] / largest * 1000:.2f} ms ({growth['floor']:.2f}x)")
         else:
             target(name, None, "needs N=200, a larger N and the floor")
-        names = ("N=200: up --host-netns within 1.15x of up --sandbox and 1.3x of the floor; down --host-netns "
-                 "within 1.3x of the floor", "N=200: up --sandbox within 1.3x of the floor")
+        name = "N=200: up --host-netns within 1.15x of up --sandbox and 1.3x of the floor"
         if 200 in summary and timed >= {"host-netns", "floor"}:
             r = summary[200]
-            target(names[0], r["host_sandbox_up"] <= 1.15 and r["host_floor_up"] <= 1.3 and r["host_floor_down"] <= 1.3,
-                   f"up {r['host_sandbox_up']:.2f}x of sandbox, {r['host_floor_up']:.2f}x of floor; "
-                   f"down {r['host_floor_down']:.2f}x of floor")
+            target(name, r["host_sandbox_up"] <= 1.15 and r["hostnetns_floor_up"] <= 1.3,
+                   f"{r['host_sandbox_up']:.2f}x of sandbox, {r['hostnetns_floor_up']:.2f}x of the floor")
         else:
-            target(names[0], None, "needs N=200, --host-netns and the floor")
+            target(name, None, "needs N=200, --host-netns and the floor")
+        name = "N=200: down --host-netns within 1.3x of the floor (whose ip netns del returns before the kernel's work)"
+        if 200 in summary and timed >= {"host-netns", "floor"}:
+            target(name, summary[200]["hostnetns_floor_down"] <= 1.3, f"{summary[200]['hostnetns_floor_down']:.2f}x")
+        else:
+            target(name, None, "needs N=200, --host-netns and the floor")
+        name = "N=200: down --host-netns within 1.3x of the host floor (the same work, to the host as before)"
+        if 200 in summary and timed >= {"host-netns", "host-floor"}:
+            target(name, summary[200]["hostnetns_hostfloor_down"] <= 1.3,
+                   f"{summary[200]['hostnetns_hostfloor_down']:.2f}x "
+                   f"({summary[200]['host-netns_down']:.3f} s against {summary[200]['host-floor_down']:.3f} s)")
+        else:
+            target(name, None, "needs N=200, --host-netns and host-floor")
+        name = "N=200: up --sandbox within 1.3x of the floor"
         if 200 in summary and "floor" in timed:
-            target(names[1], summary[200]["sandbox_floor_up"] <= 1.3, f"{summary[200]['sandbox_floor_up']:.2f}x")
+            target(name, summary[200]["sandbox_floor_up"] <= 1.3, f"{summary[200]['sandbox_floor_up']:.2f}x")
         else:
-            target(names[1], None, "needs N=200 and the floor")
+            target(name, None, "needs N=200 and the floor")
         name = "N=200: rootless up and down within 1.3x of root"
         if rootless and 200 in summary:
             r = summary[200]
@@ -617,41 +667,59 @@ class Bench:
 
 
 # ---------------------------------------------------------------- the floor
-def floor_script(n: int, prefix: str) -> str:
+def floor_script(n: int, prefix: str, host: str = None) -> str:
     """A bash script whose `up` builds netlab.model.star's lab of N (in a sandbox named PREFIX, as
-    netlab's) with about the fewest processes, and whose `down` deletes its namespaces."""
+    netlab's) with about the fewest processes, and whose `down` deletes its namespaces. With HOST
+    (a namespace that exists), the lab is applied to it as `netlab up --host-netns HOST` does, and
+    `down` puts HOST back as it was and waits until the kernel has removed the lab's links there."""
     lab_namespaces = [f"{prefix}-n{i}" for i in range(n)]
-    spaces = [f"{prefix}-host", f"{prefix}-wan", *lab_namespaces]
+    own = host is None
+    host = host or f"{prefix}-host"
+    spaces = [*([host] if own else []), f"{prefix}-wan", *lab_namespaces]
 
-    def enter(netns, lines, command="ip -batch -"):
-        return [f"nsenter --net=/run/netns/{netns} {command} <<'END'", *lines, "END"]
+    def enter(netns, lines, command="ip -batch -", then=""):
+        return [f"nsenter --net=/run/netns/{netns} {command} <<'END'{then}", *lines, "END"]
 
     def address(i):
         return f"10.10.{(i + 2) // 256}.{(i + 2) % 256}"
 
-    host = ["link set lo up", f"link add ens3 type veth peer name wan0 netns {prefix}-wan",
-            "addr add 203.0.113.2/24 dev ens3", "link set ens3 up", "route add default via 203.0.113.1",
-            "link add br0 type bridge", "link set br0 up", "addr add 10.10.0.1/16 dev br0"]
+    host_side = ["link set lo up", f"link add ens3 type veth peer name wan0 netns {prefix}-wan",
+                 "addr add 203.0.113.2/24 dev ens3", "link set ens3 up", "route add default via 203.0.113.1",
+                 "link add br0 type bridge", "link set br0 up", "addr add 10.10.0.1/16 dev br0"]
     for k in extra_bridges(n):
-        host += [f"link add br{k} type bridge", f"link set br{k} up", f"link add brl{k} type veth peer name brl{k}p",
-                 f"link set brl{k} master br0", f"link set brl{k}p master br{k}", f"link set brl{k} up",
-                 f"link set brl{k}p up"]
+        host_side += [f"link add br{k} type bridge", f"link set br{k} up",
+                      f"link add brl{k} type veth peer name brl{k}p", f"link set brl{k} master br0",
+                      f"link set brl{k}p master br{k}", f"link set brl{k} up", f"link set brl{k}p up"]
     for i in range(n):
-        host += [f"link add veth{i} type veth peer name ceth{i} netns {prefix}-n{i}",
-                 f"link set veth{i} master {bridge_of(i)}", f"link set veth{i} up"]
+        host_side += [f"link add veth{i} type veth peer name ceth{i} netns {prefix}-n{i}",
+                      f"link set veth{i} master {bridge_of(i)}", f"link set veth{i} up"]
     wan = ["link set lo up", "addr add 203.0.113.1/24 dev wan0", "link set wan0 up", "addr add 198.51.100.1/32 dev lo"]
-    rules = ["*nat", "-A POSTROUTING -s 10.10.0.0/16 ! -o br0 -j MASQUERADE",
+    rules = ["-A POSTROUTING -s 10.10.0.0/16 ! -o br0 -j MASQUERADE",
              *(f"-A PREROUTING -d 203.0.113.2 -p tcp -m tcp --dport {10000 + i} -j DNAT --to-destination "
-               f"{address(i)}:80" for i in range(n)),
-             "COMMIT", "*filter", "-A FORWARD -i br0 -j ACCEPT", "-A FORWARD -o br0 -j ACCEPT", "COMMIT"]
+               f"{address(i)}:80" for i in range(n))]
+    filters = ["-A FORWARD -i br0 -j ACCEPT", "-A FORWARD -o br0 -j ACCEPT"]
+
+    def restore(verb):
+        return ["*nat", *(rule.replace("-A ", f"{verb} ", 1) for rule in rules), "COMMIT",
+                "*filter", *(rule.replace("-A ", f"{verb} ", 1) for rule in filters), "COMMIT"]
+
     up = ["ip -batch - <<'END'", *(f"netns add {name}" for name in spaces), "END",
-          *enter(f"{prefix}-host", host), *enter(f"{prefix}-wan", wan)]
+          *enter(host, host_side), *enter(f"{prefix}-wan", wan)]
     for i in range(n):
         up += enter(f"{prefix}-n{i}", [f"link set ceth{i} up", f"addr add {address(i)}/16 dev ceth{i}",
                                         "route add default via 10.10.0.1"])
-    up += [f"nsenter --net=/run/netns/{prefix}-host sysctl -qw net.ipv4.ip_forward=1",
-           *enter(f"{prefix}-host", rules, "iptables-restore --noflush")]
+    up += [f"nsenter --net=/run/netns/{host} sysctl -qw net.ipv4.ip_forward=1",
+           *enter(host, restore("-A"), "iptables-restore --noflush")]
     down = ["ip -batch - <<'END'", *(f"netns del {name}" for name in spaces), "END"]
+    if not own:  # the host side, newest first (the veths' host ends go with the lab's namespaces)
+        links = [f"link del brl{k}" for k in reversed(extra_bridges(n))]
+        links += [f"link del br{k}" for k in reversed(extra_bridges(n))]
+        links += ["link del br0", "route del default via 203.0.113.1", "link set lo down"]
+        # the default route may be gone with the uplink already: -force, and the host is checked after
+        down += [*enter(host, links, "ip -force -batch -", " || true"),
+                 *enter(host, restore("-D"), "iptables-restore --noflush"),
+                 f"nsenter --net=/run/netns/{host} sysctl -qw net.ipv4.ip_forward=0",
+                 f'while [ -n "$(nsenter --net=/run/netns/{host} ip -o link show type veth)" ]; do sleep 0.005; done']
     return "\n".join(["#!/bin/bash", f"# The floor of netlab's star lab of {n} (scripts/bench.py).", "set -euo pipefail",
                       'case "${1:-}" in', "up)", *up, ";;", "down)", *down, ";;",
                       '*) echo "usage: $0 up|down" >&2; exit 2;;', "esac", ""])

@@ -17,7 +17,7 @@ import pytest
 
 import netlab
 from netlab.model.source import catalog
-from netlab.run.batches import IPTABLES, SINGLE, created_netns, netns_mentions, schedule, teardown
+from netlab.run.batches import IP, IPTABLES, SINGLE, created_netns, netns_mentions, schedule, teardown, undo_runs
 
 LABS = [lab.name for lab in catalog()]
 WAYS = {"sandbox": {"sandbox": "nlx"}, "host": {}, "host-netns": {"sandbox": "nlx", "host_netns": "nlx-h"}}
@@ -107,9 +107,9 @@ def test_teardown_in_a_sandbox_deletes_the_namespaces_and_stops_the_service_firs
     steps = {step.index: step for step in plan.steps}
     undo = teardown(steps, [step.index for step in reversed(plan.steps)])
     service = next(step for step in plan.steps if step.service)
-    assert undo.alone == [service.index]
+    assert undo.first == [service.index] and undo.alone == []
     assert undo.delete_input(steps) == "netns del nlx-host\nnetns del nlx-wan\nnetns del nlx-ns0\n"  # as made
-    assert sorted(undo.covered + undo.delete + undo.alone) == [step.index for step in plan.steps]
+    assert sorted(undo.covered + undo.delete + undo.first) == [step.index for step in plan.steps]
     assert undo.rules == [] and undo.leftovers == []
 
 
@@ -120,10 +120,29 @@ def test_teardown_on_an_existing_host_undoes_its_side_and_waits_for_the_veth():
     assert undo.leftovers == [("nlx-h", "ens3"), ("nlx-h", "veth0")]  # the uplink goes with nlx-wan
     assert [batch.tool for batch in undo.rules] == [IPTABLES]
     assert all(line.startswith(("-D ", "--delete ", "*", "COMMIT")) for line in undo.rules[0].input.splitlines())
-    alone = [steps[index].undo_command for index in undo.alone]
-    assert alone[0] == "ip netns exec nlx-ns0 netlab serve --stop 192.168.0.2 3000"
+    assert [steps[index].undo_command for index in undo.first] == [
+        "ip netns exec nlx-ns0 netlab serve --stop 192.168.0.2 3000"]  # before its namespace goes
+    alone = [steps[index].undo_command for index in undo.alone]  # after: the kernel deletes meanwhile
     assert "ip netns exec nlx-h ip link del br0" in alone
     assert not any("veth0" in command for command in alone)  # it goes with nlx-ns0
+    assert sorted(undo.covered + undo.delete + undo.first + undo.alone + [step.index for batch in undo.rules
+                                                                          for step in batch.steps]) == sorted(steps)
+
+
+def test_the_host_sides_ip_undos_in_effect_go_a_run_to_a_process():
+    plan = _plan("egress-ingress", "host-netns")
+    steps = {step.index: step for step in plan.steps}
+    undo = teardown(steps, [step.index for step in reversed(plan.steps)])
+    alone = [steps[index] for index in undo.alone]
+    runs = undo_runs(alone, {step.index for step in alone})
+    assert [(batch.tool, len(batch.steps)) for batch in runs] == [(SINGLE, 1), (IP, 5)]  # the sysctl, then ip
+    assert runs[1].argv == ("ip", "-n", "nlx-h", "-force", "-batch", "-")  # every line tried
+    assert runs[1].input == ("addr del 192.168.0.1/16 dev br0\nlink set br0 down\nlink del br0\n"
+                             "route del default via 203.0.113.1\nlink set lo down\n")
+    # a step not known to be in effect runs on its own, and parts the run around it
+    apart = undo_runs(alone, {step.index for step in alone} - {runs[1].steps[2].index})
+    assert [(batch.tool, len(batch.steps)) for batch in apart] == [(SINGLE, 1), (IP, 2), (SINGLE, 1), (IP, 2)]
+    assert apart[2].steps[0].undo_command == "ip netns exec nlx-h ip link del br0"
 
 
 def test_a_move_that_did_not_happen_leaves_its_veth_to_be_undone_alone():
@@ -149,5 +168,5 @@ def test_plan_show_batches_prints_what_up_runs():
         [sys.executable, "-m", "netlab", "plan", "egress-ingress", "--sandbox", "--show-batches", "--json"],
         capture_output=True, text=True, check=True).stdout)
     assert sum(len(batch["steps"]) for batches in data["rounds"] for batch in batches) == 30
-    assert data["down"]["alone"] == [28]  # the server, stopped first
+    assert data["down"]["first"] == [28] and data["down"]["alone"] == []  # the server, stopped first
     assert {batch["tool"] for batches in data["rounds"] for batch in batches} == {"netns", "ip", IPTABLES, SINGLE}

@@ -496,6 +496,24 @@ def test_a_sysctl_changed_since_up_is_left_with_a_warning(cli, sandbox_prefix, h
     assert "net.ipv4.ip_forward no longer holds the lab's value (1); left as it is" in result.stderr
 
 
+def test_a_host_side_undo_that_fails_in_its_batch_stops_none_after_it(cli, sandbox_prefix, harness):
+    """`down` undoes the host side's `ip` steps in one `ip -force -batch` and asks again after
+    it what failed. Here the lab's address on br0 was put back by hand with another prefix
+    length: its probe still finds it, its undo cannot delete it; the lines after it still run,
+    and `link del br0` takes the address along, so `down` ends with the host as before (one by
+    one, the failed undo was asked again at once, and `down` failed on it)."""
+    before = netns_snapshot(harness)
+    cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)
+    sh("ip", "netns", "exec", harness, "ip", "addr", "del", "192.168.0.1/16", "dev", "br0", check=True)
+    sh("ip", "netns", "exec", harness, "ip", "addr", "add", "192.168.0.1/24", "dev", "br0", check=True)
+    assert "    addr del 192.168.0.1/16 dev br0\n    link set br0 down\n" in cli.run("plan", "egress-ingress", "--sandbox", sandbox_prefix,
+                                                            "--host-netns", harness, "--show-batches").stdout
+    result = cli.run("down", sandbox_prefix)
+    assert result.returncode == 0, result.stderr
+    assert netns_snapshot(harness) == before
+    assert not (cli.state_dir / f"{sandbox_prefix}.journal").exists()
+
+
 # ------------------------------------------------------------ idempotence, lock, drift
 def test_up_twice_changes_nothing_and_a_changed_plan_is_refused(cli, sandbox_prefix, harness):
     cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)

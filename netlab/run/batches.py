@@ -27,8 +27,10 @@ earlier rules only, services on everything earlier in their namespace. A
 read-only step is a barrier: it runs alone, after everything before it.
 
 Teardown is planned here too: deleting a namespace the lab created takes with
-it everything inside, and every veth with an end inside; what is left is
-undone step by step (rules of the host side in one `iptables-restore`).
+it everything inside, and every veth with an end inside; what is left (the
+host side) is undone while the kernel finishes that deletion: its `ip` undos
+a run to one `ip -force -batch`, its rules in one `iptables-restore`, the
+rest step by step.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Batch:
     tool: str
     netns: Optional[str]
     units: Tuple[Unit, ...]
+    force: bool = False  # an `ip -batch` that goes on past a failing line (-force), as down's undos do
 
     @property
     def steps(self) -> Tuple[Step, ...]:
@@ -77,7 +80,7 @@ class Batch:
             return self.units[0].steps[0].argv
         if self.tool == IPTABLES:
             return ("iptables-restore", "--noflush")
-        return ("ip", "-batch", "-")
+        return ("ip", "-force", "-batch", "-") if self.force else ("ip", "-batch", "-")
 
     @property
     def argv(self) -> Tuple[str, ...]:
@@ -86,7 +89,7 @@ class Batch:
             return self.tool_argv
         if self.tool == IPTABLES:
             return in_netns(self.netns, self.tool_argv)
-        return ("ip", "-batch", "-") if self.netns is None else ("ip", "-n", self.netns, "-batch", "-")
+        return self.tool_argv if self.netns is None else ("ip", "-n", self.netns, *self.tool_argv[1:])
 
     @property
     def command(self) -> str:
@@ -392,12 +395,15 @@ def schedule(steps: Sequence[Step]) -> Schedule:
 # ---------------------------------------------------------------- teardown
 @dataclass
 class Teardown:
-    """How to undo a lab's steps with few processes, in this order: ALONE one by one (lab
-    services, sysctls and the like, in reverse), RULES (iptables-restore -D per
-    namespace), then DELETE (the namespaces the lab created: the steps in COVERED go with
-    them). LEFTOVERS are the links, outside those namespaces, that vanish once the kernel
-    has finished the deletion (the host ends of their veths)."""
+    """How to undo a lab's steps with few processes, in this order: FIRST one by one (what
+    lives in the namespaces about to go: lab services and the like, in reverse), DELETE
+    (the namespaces the lab created: the steps in COVERED go with them), then what is
+    outside them while the kernel finishes that deletion: ALONE (in reverse; the host
+    side's `ip` undos a few to a process, see undo_runs) and RULES (iptables-restore -D
+    per namespace). LEFTOVERS are the links, outside those namespaces, that vanish once
+    the kernel has finished the deletion (the host ends of their veths)."""
 
+    first: List[int] = field(default_factory=list)
     alone: List[int] = field(default_factory=list)
     rules: List[Batch] = field(default_factory=list)
     delete: List[int] = field(default_factory=list)  # the `ip netns add` steps, newest first
@@ -464,11 +470,38 @@ def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[
         elif lane == IPTABLES and _iptables_rule(step.undo, ("-D", "--delete")):
             table, line = _iptables_rule(step.undo, ("-D", "--delete"))
             rules.setdefault(step.netns, []).append(Unit((step,), line, table))
+        elif step.netns in deleted or any(name in deleted for name in netns_mentions(step.undo)):
+            plan.first.append(index)
         else:
             plan.alone.append(index)
     plan.rules = [Batch(IPTABLES, netns, tuple(units)) for netns, units in rules.items()]
     plan.leftovers = sorted(doomed, key=lambda link: (link[0] or "", link[1]))
     return plan
+
+
+def _undo_line(step: Step) -> Optional[str]:
+    """STEP's undo as a line of `ip -batch`, if it is an `ip` command that can be one."""
+    undo = step.undo
+    if (step.save is None and undo is not None and len(undo) > 2 and undo[0] == "ip" and undo[1] != "netns"
+            and not undo[1].startswith("-") and _safe(undo)):
+        return " ".join(undo[1:])
+    return None
+
+
+def undo_runs(steps: Sequence[Step], batchable: Set[int]) -> List[Batch]:
+    """The undos of STEPS, in this order, in few processes: each run of consecutive steps
+    of BATCHABLE (those known to be in effect) whose undos are `ip` commands of one
+    namespace is one `ip -force -batch` of them (each line tried, as one by one; the
+    probes tell which failed); every other step is a SINGLE batch of its own, whose
+    undo runs as `down` runs any."""
+    runs: List[Tuple[str, Optional[str], List[Unit]]] = []
+    for step in steps:
+        line = _undo_line(step) if step.index in batchable else None
+        if line is not None and runs and runs[-1][0] == IP and runs[-1][1] == step.netns:
+            runs[-1][2].append(Unit((step,), line))
+        else:
+            runs.append((IP if line is not None else SINGLE, step.netns, [Unit((step,), line)]))
+    return [Batch(tool, netns, tuple(units), force=True) for tool, netns, units in runs]
 
 
 @dataclass
@@ -487,7 +520,7 @@ class Explanation:
     def to_dict(self) -> dict:
         undo = self.down
         return {**self.up.to_dict(), "down": {
-            "alone": undo.alone, "rules": [batch.to_dict() for batch in undo.rules],
+            "first": undo.first, "alone": undo.alone, "rules": [batch.to_dict() for batch in undo.rules],
             "delete": undo.delete, "covered": undo.covered, "leftovers": [list(link) for link in undo.leftovers]}}
 
     def lines(self) -> Iterator[str]:
@@ -501,17 +534,24 @@ class Explanation:
                     yield f"    {line}{note}"
         undo = self.down
         yield "down:"
-        for index in undo.alone:
+        for index in undo.first:
             yield f"  {self.steps[index].undo_command}    # step {index}"
-        for batch in undo.rules:
-            yield f"  {batch.command}    # steps {', '.join(str(step.index) for step in batch.steps)}"
-            for line, _ in batch.input_lines():
-                yield f"    {line}"
         if undo.delete:
             undone = undo.covered + undo.delete
             yield f"  ip -force -batch -    # undoes step{'s' if len(undone) > 1 else ''} {_ranges(undone)}"
             for line in undo.delete_input(self.steps).splitlines():
                 yield f"    {line}"
+        alone = [self.steps[index] for index in undo.alone]
+        for batch in [*undo_runs(alone, {step.index for step in alone}), *undo.rules]:
+            if batch.tool == SINGLE:
+                yield f"  {batch.steps[0].undo_command}    # step {batch.steps[0].index}"
+                continue
+            yield f"  {batch.command}    # steps {', '.join(str(step.index) for step in batch.steps)}"
+            for line, _ in batch.input_lines():
+                yield f"    {line}"
+        if undo.leftovers:
+            yield f"  (then wait until the kernel has removed {', '.join(name for _, name in undo.leftovers[:3])}" \
+                  f"{' ...' if len(undo.leftovers) > 3 else ''})"
 
 
 def explain(steps: Sequence[Step]) -> Explanation:

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from netlab.errors import ConnectionLost, InputError, NetlabError
 from netlab.render.plan import Plan, Step
@@ -556,13 +556,16 @@ def _rollback(record: journals.Journal, plan: Plan, executor: Executor, reporter
     return True
 
 
-def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None, only=None):
+def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None, only=None,
+              states=None):
     """Undo the journal's started steps in reverse (or the steps ONLY, in that order),
-    each only if in effect.
+    each only if in effect (as STATES says, step index -> in effect, where it was just
+    asked; else as its probe says now).
 
     Returns (undone, already gone, failures). With SIGNALS, a signal stops it
     between steps (the journal is kept, so `down` finishes the work).
     """
+    states = states or {}
     steps = {step.index: step for step in record.steps()}
     total = len(steps)
     saved = record.saved
@@ -584,7 +587,7 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
                 continue
             if result.ok:  # another netlab server listens there (one started again by hand): it goes too
                 result = executor.undo(step, None)
-        elif executor.in_effect(step) is False:
+        elif (states[index] if index in states else executor.in_effect(step)) is False:
             gone += 1
             if step.save and index in done:
                 reporter.warn(f"step {index}: {step.probe.argv[-1]} no longer holds the lab's value "
@@ -609,29 +612,21 @@ LINK_GONE_TIMEOUT = 30  # seconds the kernel may take to finish deleting a names
 
 
 def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None):
-    """Undo the journal's started steps with few processes (netlab.run.batches.teardown): lab
-    services and the like one by one, the host side's rules in one iptables-restore per
-    namespace, then the lab's namespaces deleted in one `ip -batch`, which takes
-    everything inside them along. Whatever a batch could not undo is undone step by step.
-    Returns (undone, already gone, failures), as `_undo_all`."""
+    """Undo the journal's started steps with few processes (netlab.run.batches.teardown): what
+    lives in the lab's namespaces (its services) one by one, then the namespaces deleted in
+    one `ip -batch`, which takes everything inside them along. While the kernel finishes
+    that deletion, the host side: its steps probed from one dump, its `ip` undos a few to a
+    process, its rules in one iptables-restore per namespace. Whatever a batch could not
+    undo is undone step by step. Returns (undone, already gone, failures), as `_undo_all`."""
     from netlab.run.batches import created_netns, teardown
 
     steps = {step.index: step for step in record.steps()}
     total = len(steps)
     plan = teardown(steps, record.to_undo(), record.done)
-    undone, gone, failures = _undo_all(record, executor, reporter, signals, plan.alone)
+    undone, gone, failures = _undo_all(record, executor, reporter, signals, plan.first)
     again = []  # what a batch could not undo: each one on its own, after the batches, to say why
-    for batch in plan.rules:
-        if signals is not None:
-            signals.check(f"{record.name}: down interrupted; the journal is kept: run "
-                          f"`{_down_command(record.name, executor)}` to finish")
-        for step in batch.steps:
-            reporter.step(step, total, "undo")
-        if executor.run(batch.tool_argv, batch.netns, batch.input).ok:
-            undone += len(batch.steps)
-        else:  # all or nothing: some rule was gone already, or in use
-            again += [step.index for step in batch.steps]
     if plan.delete:
+        _interruptible(signals, record, executor)
         for index in plan.delete:
             reporter.step(steps[index], total, "undo")
         executor.run(("ip", "-force", "-batch", "-"), None, plan.delete_input(steps))  # -force: every line
@@ -639,10 +634,61 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
         stuck = [index for index in plan.delete if created_netns(steps[index]) in left]
         undone += len(plan.delete) - len(stuck) + len(plan.covered)
         again += stuck
+    counts = _undo_host_side(record, steps, plan.alone, executor, reporter, signals)
+    undone, gone, failures = undone + counts[0], gone + counts[1], failures + counts[2]
+    for batch in plan.rules:
+        _interruptible(signals, record, executor)
+        for step in batch.steps:
+            reporter.step(step, total, "undo")
+        if executor.run(batch.tool_argv, batch.netns, batch.input).ok:
+            undone += len(batch.steps)
+        else:  # all or nothing: some rule was gone already, or in use
+            again += [step.index for step in batch.steps]
     if again:
         more = _undo_all(record, executor, reporter, None, again)
         undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
     return undone, gone, failures + _wait_until_gone(plan.leftovers, executor, reporter)
+
+
+def _interruptible(signals, record: journals.Journal, executor: Executor) -> None:
+    """Between the batches of `down`: stop here if a signal came (the journal is kept)."""
+    if signals is not None:
+        signals.check(f"{record.name}: down interrupted; the journal is kept: run "
+                      f"`{_down_command(record.name, executor)}` to finish")
+
+
+def _undo_host_side(record: journals.Journal, steps: dict, indexes: Sequence[int], executor: Executor,
+                    reporter: Reporter, signals):
+    """Undo INDEXES (in this order), outside the lab's namespaces: whether each is in effect
+    read from one dump per namespace (netlab.run.probes), each run of `ip` undos of one
+    namespace in one `ip -force -batch` (netlab.run.batches.undo_runs), the rest one by one.
+    A batch that reports a failure is probed again: what is still in effect is undone one by
+    one, to say why. Returns (undone, already gone, failures)."""
+    from netlab.run.batches import SINGLE, undo_runs
+    from netlab.run.probes import in_effect_many
+
+    servers = record.servers
+    asked = [steps[index] for index in indexes
+             if steps[index].undo is not None and steps[index].probe is not None and index not in servers]
+    states = dict(zip((step.index for step in asked), in_effect_many(executor, [step.probe for step in asked])))
+    known_gone = [index for index in indexes if states.get(index) is False]  # nothing to run: they part no run
+    undone, gone, failures = _undo_all(record, executor, reporter, None, known_gone, states)
+    rest = [steps[index] for index in indexes if states.get(index) is not False]
+    for batch in undo_runs(rest, {index for index, live in states.items() if live}):
+        _interruptible(signals, record, executor)
+        left = [step.index for step in batch.steps]
+        if batch.tool != SINGLE and len(left) > 1:
+            for step in batch.steps:
+                reporter.step(step, len(steps), "undo")
+            if executor.run(batch.tool_argv, batch.netns, batch.input).ok:
+                undone += len(left)
+                continue
+            still = in_effect_many(executor, [step.probe for step in batch.steps])
+            left = [step.index for step, live in zip(batch.steps, still) if live is not False]
+            undone += len(batch.steps) - len(left)
+        more = _undo_all(record, executor, reporter, signals, left, states)
+        undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
+    return undone, gone, failures
 
 
 def _wait_until_gone(links, executor: Executor, reporter: Reporter) -> int:
@@ -655,11 +701,8 @@ def _wait_until_gone(links, executor: Executor, reporter: Reporter) -> int:
     deadline = time.monotonic() + LINK_GONE_TIMEOUT
     delay = 0.002
     while by_netns:
-        for netns in list(by_netns):
-            listed = executor.run(("ip", "-o", "link", "show"), netns)
-            present = {line.split(":")[1].strip().split("@")[0] for line in listed.stdout.splitlines()
-                       if line.count(":") >= 2}
-            by_netns[netns] &= present if listed.ok else set()
+        for netns, present in _link_names(executor, list(by_netns)).items():
+            by_netns[netns] &= present
             if not by_netns[netns]:
                 del by_netns[netns]
         if not by_netns:
@@ -669,8 +712,26 @@ def _wait_until_gone(links, executor: Executor, reporter: Reporter) -> int:
             reporter.warn(f"the kernel has not yet removed {names} after {LINK_GONE_TIMEOUT} s")
             return 1
         time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+        delay = min(delay * 1.5, 0.02 if executor.reads_kernel else 0.1)  # a read here costs no process
     return 0
+
+
+def _link_names(executor: Executor, namespaces: Sequence[Optional[str]]) -> Dict[Optional[str], set]:
+    """The names of the links in each of NAMESPACES now (an empty set where it is gone, or
+    cannot be read): read in this process where it may (netlab.run.netlink), else by `ip`."""
+    from netlab.run import netlink
+
+    read = netlink.read_many({netns: (("link",), ()) for netns in namespaces}) if executor.reads_kernel else {}
+    names = {}
+    for netns in namespaces:
+        dump = read.get(netns)
+        if isinstance(dump, (dict, netlink.Gone)):
+            names[netns] = {link["ifname"] for link in dump[("json", "link")]} if isinstance(dump, dict) else set()
+            continue
+        listed = executor.run(("ip", "-o", "link", "show"), netns)
+        names[netns] = {line.split(":")[1].strip().split("@")[0] for line in listed.stdout.splitlines()
+                        if line.count(":") >= 2} if listed.ok else set()
+    return names
 
 
 # ---------------------------------------------------------------- down
