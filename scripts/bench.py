@@ -250,44 +250,39 @@ class Bench:
         return up, down
 
     def host_netns_up_down(self, n, run):
-        """The lab on a namespace that plays an existing host (made and deleted untimed)."""
+        """The lab on a namespace that plays an existing host."""
         lab = self.labs[n]
         prefix = lab["host_prefix"]
-        given = f"{prefix}-given"
-        self.must_be_down(n, prefix, "netlab up --host-netns")
-        self.quiet(["ip", "netns", "add", given])
-        up = self.run(self.netlab + ["up", str(lab["file"]), "--sandbox", prefix, "--host-netns", given],
-                      "netlab up --host-netns")
-        self.must_be_up(n, prefix, "netlab up --host-netns")  # the lab's N, its wan and the given host
-        down = self.run(self.netlab + ["down", prefix], "netlab down (--host-netns)")
-        self.host_must_be_as_before(n, given, "netlab down (--host-netns)")
-        self.must_be_down(n, prefix, "netlab down (--host-netns)", record=self.state / f"{prefix}.journal")
-        return up, down
+        return self.on_a_given_host(
+            n, prefix, ("netlab up --host-netns", "netlab down (--host-netns)"),
+            self.netlab + ["up", str(lab["file"]), "--sandbox", prefix, "--host-netns", f"{prefix}-given"],
+            self.netlab + ["down", prefix], record=self.state / f"{prefix}.journal")
 
     def host_floor_up_down(self, n, run):
-        """The floor script on a namespace that plays an existing host, as host_netns_up_down."""
+        """The floor script on a namespace that plays an existing host."""
         lab = self.labs[n]
-        prefix = lab["host_floor_prefix"]
-        given = f"{prefix}-given"
-        self.must_be_down(n, prefix, "the floor script up on a host")
-        self.quiet(["ip", "netns", "add", given])
-        up = self.run(["bash", str(lab["host_floor"]), "up"], "the floor script up on a host")
-        self.must_be_up(n, prefix, "the floor script up on a host")
-        down = self.run(["bash", str(lab["host_floor"]), "down"], "the floor script down on a host")
-        self.host_must_be_as_before(n, given, "the floor script down on a host")
-        self.must_be_down(n, prefix, "the floor script down on a host")
-        return up, down
+        return self.on_a_given_host(n, lab["host_floor_prefix"], ("the host floor up", "the host floor down"),
+                                    ["bash", str(lab["host_floor"]), "up"], ["bash", str(lab["host_floor"]), "down"])
 
-    def host_must_be_as_before(self, n, given, after):
-        """After a down on the host GIVEN: only its lo, no rule, ip_forward 0; then it is deleted."""
+    def on_a_given_host(self, n, prefix, what, up_argv, down_argv, record=None):
+        """UP_ARGV then DOWN_ARGV, timed, on PREFIX-given: a namespace made and deleted untimed, that
+        plays an existing host; after the down, it must have only its lo, no rule and ip_forward 0."""
+        given = f"{prefix}-given"
+        self.must_be_down(n, prefix, what[0])
+        self.quiet(["ip", "netns", "add", given])
+        up = self.run(up_argv, what[0])
+        self.must_be_up(n, prefix, what[0])  # the lab's N, its wan and the given host
+        down = self.run(down_argv, what[1])
         left = self.quiet(["ip", "-n", given, "-o", "link", "show"]).stdout.splitlines()
         rules = [line for line in self.quiet(["ip", "netns", "exec", given, "iptables-save"]).stdout.splitlines()
                  if line.startswith("-A")]
         forward = self.quiet(["ip", "netns", "exec", given, "sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
         if len(left) != 1 or rules or forward != "0":  # lo
-            raise Failed(f"after {after} at N={n}: left in {given}: links {left[:3]}, rules {rules[:3]}, "
+            raise Failed(f"after {what[1]} at N={n}: left in {given}: links {left[:3]}, rules {rules[:3]}, "
                          f"ip_forward {forward}")
         self.quiet(["ip", "netns", "del", given])
+        self.must_be_down(n, prefix, what[1], record=record)
+        return up, down
 
     def split_up_down(self, n, run):
         """The same lab split over two sandbox hosts (netlab.model.hosts): each its half, side by side."""

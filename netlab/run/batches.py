@@ -406,7 +406,7 @@ class Teardown:
     first: List[int] = field(default_factory=list)
     alone: List[int] = field(default_factory=list)
     rules: List[Batch] = field(default_factory=list)
-    delete: List[int] = field(default_factory=list)  # the `ip netns add` steps, newest first
+    delete: List[int] = field(default_factory=list)  # the `ip netns add` steps, in the order they were made
     covered: List[int] = field(default_factory=list)
     leftovers: List[Tuple[Optional[str], str]] = field(default_factory=list)
 
@@ -501,7 +501,7 @@ def undo_runs(steps: Sequence[Step], batchable: Set[int]) -> List[Batch]:
             runs[-1][2].append(Unit((step,), line))
         else:
             runs.append((IP if line is not None else SINGLE, step.netns, [Unit((step,), line)]))
-    return [Batch(tool, netns, tuple(units), force=True) for tool, netns, units in runs]
+    return [Batch(tool, netns, tuple(units), force=tool == IP) for tool, netns, units in runs]
 
 
 @dataclass
