@@ -232,6 +232,16 @@ def _by_name(dump: dict, section: str) -> Optional[dict]:
     return dump[key]
 
 
+def _namespaces(dump: dict) -> Optional[set]:
+    """The names in the dump's `ip netns list`, read once for all the namespace's probes (a
+    lab of N namespaces has N probes of them: each reading the list would be N squared)."""
+    key = ("names", "netns")
+    if key not in dump:
+        listed = dump.get(("netns",))
+        dump[key] = None if listed is None else {line.split()[0] for line in listed.splitlines() if line.strip()}
+    return dump[key]
+
+
 def _rules(dump: dict, table: str) -> Optional[set]:
     """The `-A ...` lines of TABLE in the dump's iptables-save."""
     if ("rules",) not in dump:
@@ -311,8 +321,8 @@ def _answer(probe: Probe, dump: dict) -> Optional[bool]:
         return any(route.get("gateway") == wanted.get("via", route.get("gateway"))
                    and route.get("dev") == wanted.get("dev", route.get("dev")) for route in alike)
     if argv[:2] == ("ip", "netns"):
-        listed = dump.get(("netns",))
-        return None if listed is None else argv[3] in {line.split()[0] for line in listed.splitlines() if line.strip()}
+        listed = _namespaces(dump)
+        return None if listed is None else argv[3] in listed
     if argv[0] == "sysctl":
         value = dump.get(("sysctl", argv[2]))
         return None if value is None else value.strip() == probe.value
