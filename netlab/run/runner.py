@@ -615,15 +615,18 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
     """Undo the journal's started steps with few processes (netlab.run.batches.teardown): what
     lives in the lab's namespaces (its services) one by one, then the namespaces deleted in
     one `ip -batch`, which takes everything inside them along. While the kernel finishes
-    that deletion, the host side: its steps probed from one dump, its `ip` undos a few to a
-    process, its rules in one iptables-restore per namespace. Whatever a batch could not
-    undo is undone step by step. Returns (undone, already gone, failures), as `_undo_all`."""
+    that deletion, the host side: its `ip` undos a few to a process, its rules in one
+    iptables-restore per namespace. Whatever a batch could not undo is undone step by step.
+    Returns (undone, already gone, failures), as `_undo_all`."""
     from netlab.run.batches import created_netns, teardown
+    from netlab.run.probes import in_effect_many
 
     steps = {step.index: step for step in record.steps()}
     total = len(steps)
     plan = teardown(steps, record.to_undo(), record.done)
     undone, gone, failures = _undo_all(record, executor, reporter, signals, plan.first)
+    # the host side read now: while the kernel deletes the namespaces' links, it holds up every read
+    states = _host_side_states(record, steps, plan.alone, executor)
     again = []  # what a batch could not undo: each one on its own, after the batches, to say why
     if plan.delete:
         _interruptible(signals, record, executor)
@@ -634,7 +637,7 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
         stuck = [index for index in plan.delete if created_netns(steps[index]) in left]
         undone += len(plan.delete) - len(stuck) + len(plan.covered)
         again += stuck
-    counts = _undo_host_side(record, steps, plan.alone, executor, reporter, signals)
+    counts, unsure = _undo_host_side(record, steps, plan.alone, states, executor, reporter, signals)
     undone, gone, failures = undone + counts[0], gone + counts[1], failures + counts[2]
     for batch in plan.rules:
         _interruptible(signals, record, executor)
@@ -647,7 +650,13 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
     if again:
         more = _undo_all(record, executor, reporter, None, again)
         undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
-    return undone, gone, failures + _wait_until_gone(plan.leftovers, executor, reporter)
+    failures += _wait_until_gone(plan.leftovers, executor, reporter)
+    if unsure:  # the steps of a host-side batch that said a line failed, asked again once the kernel is done
+        still = in_effect_many(executor, [steps[index].probe for index in unsure])
+        left = [index for index, live in zip(unsure, still) if live is not False]
+        more = _undo_all(record, executor, reporter, None, left)
+        undone, gone, failures = undone + len(unsure) - len(left) + more[0], gone + more[1], failures + more[2]
+    return undone, gone, failures
 
 
 def _interruptible(signals, record: journals.Journal, executor: Executor) -> None:
@@ -657,38 +666,45 @@ def _interruptible(signals, record: journals.Journal, executor: Executor) -> Non
                       f"`{_down_command(record.name, executor)}` to finish")
 
 
-def _undo_host_side(record: journals.Journal, steps: dict, indexes: Sequence[int], executor: Executor,
-                    reporter: Reporter, signals):
-    """Undo INDEXES (in this order), outside the lab's namespaces: whether each is in effect
-    read from one dump per namespace (netlab.run.probes), each run of `ip` undos of one
-    namespace in one `ip -force -batch` (netlab.run.batches.undo_runs), the rest one by one.
-    A batch that reports a failure is probed again: what is still in effect is undone one by
-    one, to say why. Returns (undone, already gone, failures)."""
-    from netlab.run.batches import SINGLE, undo_runs
+def _host_side_states(record: journals.Journal, steps: dict, indexes: Sequence[int],
+                      executor: Executor) -> Dict[int, Optional[bool]]:
+    """Whether each of INDEXES (steps outside the lab's namespaces) is in effect, from one dump
+    per namespace (netlab.run.probes); lab services are asked as `down` stops them."""
     from netlab.run.probes import in_effect_many
 
     servers = record.servers
     asked = [steps[index] for index in indexes
              if steps[index].undo is not None and steps[index].probe is not None and index not in servers]
-    states = dict(zip((step.index for step in asked), in_effect_many(executor, [step.probe for step in asked])))
+    return dict(zip((step.index for step in asked), in_effect_many(executor, [step.probe for step in asked])))
+
+
+def _undo_host_side(record: journals.Journal, steps: dict, indexes: Sequence[int], states: dict,
+                    executor: Executor, reporter: Reporter, signals):
+    """Undo INDEXES (in this order), outside the lab's namespaces, as STATES (_host_side_states,
+    read before the deletion) says: each run of `ip` undos of steps in effect in one namespace
+    in one `ip -force -batch` (netlab.run.batches.undo_runs), the rest one by one. A step that
+    was in effect then may have gone with the lab's namespaces since (a route through one of
+    their veths): a batch that says a line failed leaves its steps unsure, to be asked again
+    once the kernel is done. Returns ((undone, already gone, failures), the unsure steps)."""
+    from netlab.run.batches import SINGLE, undo_runs
+
     known_gone = [index for index in indexes if states.get(index) is False]  # nothing to run: they part no run
     undone, gone, failures = _undo_all(record, executor, reporter, None, known_gone, states)
+    unsure = []
     rest = [steps[index] for index in indexes if states.get(index) is not False]
     for batch in undo_runs(rest, {index for index, live in states.items() if live}):
         _interruptible(signals, record, executor)
-        left = [step.index for step in batch.steps]
-        if batch.tool != SINGLE and len(left) > 1:
+        if batch.tool != SINGLE and len(batch.steps) > 1:
             for step in batch.steps:
                 reporter.step(step, len(steps), "undo")
             if executor.run(batch.tool_argv, batch.netns, batch.input).ok:
-                undone += len(left)
-                continue
-            still = in_effect_many(executor, [step.probe for step in batch.steps])
-            left = [step.index for step, live in zip(batch.steps, still) if live is not False]
-            undone += len(batch.steps) - len(left)
-        more = _undo_all(record, executor, reporter, signals, left, states)
+                undone += len(batch.steps)
+            else:
+                unsure += [step.index for step in batch.steps]
+            continue
+        more = _undo_all(record, executor, reporter, signals, [step.index for step in batch.steps], states)
         undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
-    return undone, gone, failures
+    return (undone, gone, failures), unsure
 
 
 def _wait_until_gone(links, executor: Executor, reporter: Reporter) -> int:
