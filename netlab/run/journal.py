@@ -21,6 +21,7 @@ A crash can tear the last line; a line that does not parse is ignored.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -66,6 +67,11 @@ class Journal:
     host_boot: Optional[str] = field(default=None, repr=False)  # the boot id of the lab's host; None: this one
     torn: bool = field(default=False, repr=False)  # the last line was cut off by a crash
     stamp: Optional[tuple] = field(default=None, repr=False)  # the file as it was read (netlab.run.store)
+    # what the records say, gathered as they come (read once, not at every question): each key's
+    # numbers in order, and the records that are not a mark ({"saved": 5, "value": "1"} and the like)
+    _numbers: Dict[str, List[int]] = field(default_factory=dict, repr=False)
+    _others: List[dict] = field(default_factory=list, repr=False)
+    _gathered: int = field(default=0, repr=False)  # how many records that holds
 
     # ------------------------------------------------------------ creating, reading
     @classmethod
@@ -194,7 +200,23 @@ class Journal:
                      for data in self.header["steps"])
 
     def _indexes(self, key: str) -> List[int]:
-        return [record[key] for record in self.records if isinstance(record.get(key), int)]
+        """The numbers KEY has in the records, in order (do not change the list)."""
+        self._gather()
+        return self._numbers.get(key, [])
+
+    def _gather(self) -> None:
+        """Take in the records appended since the last question."""
+        numbers, others = self._numbers, self._others
+        for record in itertools.islice(self.records, self._gathered, None):
+            if type(record) is _Mark:
+                key, value = tuple.__iter__(record)
+                numbers.setdefault(key, []).append(value)
+                continue
+            others.append(record)
+            for key, value in record.items():
+                if isinstance(value, int):
+                    numbers.setdefault(key, []).append(value)
+        self._gathered = len(self.records)
 
     @property
     def started(self) -> List[int]:
@@ -218,7 +240,8 @@ class Journal:
 
     @property
     def saved(self) -> Dict[int, str]:
-        return {record["saved"]: record["value"] for record in self.records if "saved" in record}
+        self._gather()
+        return {record["saved"]: record["value"] for record in self._others if "saved" in record}
 
     def has(self, key: str) -> bool:
         return any(key in record for record in self.records)
@@ -230,7 +253,8 @@ class Journal:
     @property
     def servers(self) -> Dict[int, str]:
         """Each service step's server, as `PID:START` (what `netlab serve --stop --pid` takes)."""
-        return {record["server"]: f"{record['pid']}:{record['started']}" for record in self.records
+        self._gather()
+        return {record["server"]: f"{record['pid']}:{record['started']}" for record in self._others
                 if isinstance(record.get("server"), int) and "pid" in record and "started" in record}
 
     @property
