@@ -16,11 +16,12 @@ import json
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
-from netlab.model.sandbox import Sandbox
-from netlab.model.stages import Stage
-from netlab.model.topology import INTERNET, Address, Item, Link, Netns, Route, Topology, Veth
+if TYPE_CHECKING:  # rendering imports the model when it runs: a journal's Steps (down, status) never need it
+    from netlab.model.sandbox import Sandbox
+    from netlab.model.stages import Stage
+    from netlab.model.topology import Item, Topology
 
 SAVED = "{saved}"  # in an undo argv: the value the step's `save` command printed before it ran
 SERVICE = ("netlab", "serve", "--background")  # a lab service's step: SERVICE + (ADDRESS, PORT)
@@ -263,6 +264,8 @@ class Plan:
 
 def sandbox_items(sandbox: Sandbox) -> Tuple[Item, ...]:
     """The steps that build a sandbox, as topology items in namespaces `host` and `wan`."""
+    from netlab.model.topology import Address, Link, Netns, Route, Veth
+
     host, wan = "host", "wan"
     if sandbox.joined:
         return ()
@@ -294,6 +297,7 @@ def make_plan(target: str, sandbox: Optional[str] = None, host_netns: Optional[s
     `host_netns` an existing namespace that plays the host.
     """
     from netlab.errors import InputError
+    from netlab.model.sandbox import Sandbox
     from netlab.model.source import load
 
     topology = load(target, params, sandbox=sandbox is not None)
@@ -372,6 +376,8 @@ def build_plan(topology: Topology, sandbox: Optional[Sandbox] = None, host_netns
 def _final_homes(items) -> dict:
     """(namespace, link) -> the namespace a later step moves that link into (at last: a link
     moved on again is followed there), for every link some step moves; the lab's names."""
+    from netlab.model.topology import Link
+
     moves = {(item.netns, item.name): item.move_to for item in items if isinstance(item, Link) and item.move_to}
     homes = {}
     for (netns, name), target in moves.items():
@@ -396,6 +402,8 @@ def _side(source: str, sandbox: Optional[Sandbox], host: Optional[str], nsname) 
 def _place(check, sandbox: Optional[Sandbox], host: Optional[str], nsname) -> LabCheck:
     """Where CHECK runs: the host side, the sandbox's internet, or a lab namespace (and a
     throughput check's server likewise)."""
+    from netlab.model.topology import INTERNET
+
     runnable = INTERNET not in (check.source, check.server) or sandbox is not None
     return LabCheck(check.kind, check.source, _side(check.source, sandbox, host, nsname), str(check.address),
                     check.port, check.path, runnable, check.count, check.max_rtt_ms, check.max_loss_percent,
