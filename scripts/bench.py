@@ -266,20 +266,22 @@ class Bench:
 
     def on_a_given_host(self, n, prefix, what, up_argv, down_argv, record=None):
         """UP_ARGV then DOWN_ARGV, timed, on PREFIX-given: a namespace made and deleted untimed, that
-        plays an existing host; after the down, it must have only its lo, no rule and ip_forward 0."""
+        plays an existing host; after the down, it must have only its lo, no rule, and the
+        ip_forward it had (a new namespace copies the root namespace's)."""
         given = f"{prefix}-given"
         self.must_be_down(n, prefix, what[0])
         self.quiet(["ip", "netns", "add", given])
+        forward = self.quiet(["ip", "netns", "exec", given, "sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
         up = self.run(up_argv, what[0])
         self.must_be_up(n, prefix, what[0])  # the lab's N, its wan and the given host
         down = self.run(down_argv, what[1])
         left = self.quiet(["ip", "-n", given, "-o", "link", "show"]).stdout.splitlines()
         rules = [line for line in self.quiet(["ip", "netns", "exec", given, "iptables-save"]).stdout.splitlines()
                  if line.startswith("-A")]
-        forward = self.quiet(["ip", "netns", "exec", given, "sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
-        if len(left) != 1 or rules or forward != "0":  # lo
+        after = self.quiet(["ip", "netns", "exec", given, "sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
+        if len(left) != 1 or rules or after != forward:  # lo
             raise Failed(f"after {what[1]} at N={n}: left in {given}: links {left[:3]}, rules {rules[:3]}, "
-                         f"ip_forward {forward}")
+                         f"ip_forward {after} (it was {forward})")
         self.quiet(["ip", "netns", "del", given])
         self.must_be_down(n, prefix, what[1], record=record)
         return up, down
@@ -703,7 +705,8 @@ def floor_script(n: int, prefix: str, host: str = None) -> str:
     for i in range(n):
         up += enter(f"{prefix}-n{i}", [f"link set ceth{i} up", f"addr add {address(i)}/16 dev ceth{i}",
                                         "route add default via 10.10.0.1"])
-    up += [f"nsenter --net=/run/netns/{host} sysctl -qw net.ipv4.ip_forward=1",
+    up += [*([] if own else [f'nsenter --net=/run/netns/{host} sysctl -n net.ipv4.ip_forward > "$0.forward"']),
+           f"nsenter --net=/run/netns/{host} sysctl -qw net.ipv4.ip_forward=1",
            *enter(host, restore("-A"), "iptables-restore --noflush")]
     down = ["ip -batch - <<'END'", *(f"netns del {name}" for name in spaces), "END"]
     if not own:  # the host side, newest first (the veths' host ends go with the lab's namespaces)
@@ -713,8 +716,11 @@ def floor_script(n: int, prefix: str, host: str = None) -> str:
         # the default route may be gone with the uplink already: -force, and the host is checked after
         down += [*enter(host, links, "ip -force -batch -", " || true"),
                  *enter(host, restore("-D"), "iptables-restore --noflush"),
-                 f"nsenter --net=/run/netns/{host} sysctl -qw net.ipv4.ip_forward=0",
-                 f'while [ -n "$(nsenter --net=/run/netns/{host} ip -o link show type veth)" ]; do sleep 0.005; done']
+                 f'nsenter --net=/run/netns/{host} sysctl -qw net.ipv4.ip_forward="$(cat "$0.forward")"',
+                 'deadline=$((SECONDS + 30))',
+                 f'while [ -n "$(nsenter --net=/run/netns/{host} ip -o link show type veth)" ]; do',
+                 '  [ $SECONDS -lt $deadline ] || { echo "the kernel has not removed the veths after 30 s" >&2; exit 1; }',
+                 "  sleep 0.005", "done"]
     return "\n".join(["#!/bin/bash", f"# The floor of netlab's star lab of {n} (scripts/bench.py).", "set -euo pipefail",
                       'case "${1:-}" in', "up)", *up, ";;", "down)", *down, ";;",
                       '*) echo "usage: $0 up|down" >&2; exit 2;;', "esac", ""])

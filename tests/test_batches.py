@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,6 +144,20 @@ def test_the_host_sides_ip_undos_in_effect_go_a_run_to_a_process():
     apart = undo_runs(alone, {step.index for step in alone} - {runs[1].steps[2].index})
     assert [(batch.tool, len(batch.steps)) for batch in apart] == [(SINGLE, 1), (IP, 2), (SINGLE, 1), (IP, 2)]
     assert apart[2].steps[0].undo_command == "ip netns exec nlx-h ip link del br0"
+    alone_ip = runs[1].steps[:1]  # a run of one is no batch: it runs as any step does
+    assert [(batch.tool, batch.steps) for batch in undo_runs(alone_ip, {alone_ip[0].index})] == [(SINGLE, alone_ip)]
+
+
+def test_a_qdisc_on_a_veth_end_that_goes_with_the_namespaces_goes_with_it():
+    """tests/labs/shaped.yaml shapes veth-h, the host's end of a veth whose other end is in a lab
+    namespace: deleting that namespace takes the link and its qdisc; nothing is left to undo."""
+    plan = _plan(str(Path(__file__).parent / "labs" / "shaped.yaml"), "host-netns")
+    steps = {step.index: step for step in plan.steps}
+    undo = teardown(steps, [step.index for step in reversed(plan.steps)])
+    qdisc = next(step for step in plan.steps if step.argv[:3] == ("tc", "qdisc", "add"))
+    assert qdisc.netns == "nlx-h" and "veth-h" in qdisc.argv and ("nlx-h", "veth-h") in undo.leftovers
+    assert qdisc.index in undo.covered
+    assert not any(steps[index].argv[0] == "tc" for index in undo.first + undo.alone)
 
 
 def test_a_move_that_did_not_happen_leaves_its_veth_to_be_undone_alone():

@@ -57,6 +57,22 @@ def test_a_record_after_a_torn_line_is_not_lost(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["box1.journal"]  # no temporary file left by create
 
 
+def test_what_a_journal_says_follows_the_records_appended_after_a_question(tmp_path):
+    """done, saved and servers are gathered once and then only from the records appended since."""
+    record = _journal(tmp_path)
+    record.append_many([{"start": 1}, {"done": 1}, {"start": 2}])
+    assert (record.started, record.done, record.saved, record.servers) == ([1, 2], {1}, {}, {})
+    record.append(saved=2, value="1")
+    record.append_many([{"done": 2}, {"start": 3}, {"server": 3, "pid": 4321, "started": 99}])
+    record.append(done=3)
+    assert record.started == [1, 2, 3] and record.done == {1, 2, 3}
+    assert record.saved == {2: "1"} and record.servers == {3: "4321:99"}
+    record.close()
+    again = store.read_journal(record.path)  # read from the file: the same answers
+    assert (again.started, again.done, again.saved, again.servers) == (
+        record.started, record.done, record.saved, record.servers)
+
+
 def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
     path = tmp_path / "x.journal"
     path.write_text("plan 1234\n")

@@ -510,8 +510,34 @@ def test_a_host_side_undo_that_fails_in_its_batch_stops_none_after_it(cli, sandb
                                                             "--host-netns", harness, "--show-batches").stdout
     result = cli.run("down", sandbox_prefix)
     assert result.returncode == 0, result.stderr
+    assert "could not undo" not in result.stderr
     assert netns_snapshot(harness) == before
     assert not (cli.state_dir / f"{sandbox_prefix}.journal").exists()
+
+
+def test_a_host_side_batch_that_stops_leaves_its_steps_to_be_asked_again_and_undone_alone(
+        cli, sandbox_prefix, harness):
+    """The host side's `ip -force -batch` of `down` stops at `link set br0 down` (the lines
+    after it never run). Once the kernel is done, its steps are asked again: what is still in
+    effect is undone alone. When that fails too, `down` names the step and keeps the journal,
+    and the next `down` finishes."""
+    before = netns_snapshot(harness)
+    in_harness = ("ip", "netns", "exec", harness)
+    cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)
+    cli.fail(in_harness + ("ip", "link", "del", "br0"), line="link set br0 down")
+    result = cli.run("down", sandbox_prefix)
+    assert result.returncode == 1, result.stderr
+    assert "could not undo step" in result.stderr and f"{' '.join(in_harness)} ip link del br0" in result.stderr
+    assert "injected failure" in result.stderr and cli.journal(sandbox_prefix).exists()
+    assert sh(*in_harness, "ip", "-o", "link", "show", "dev", "br0").returncode == 0  # only br0 is left
+    assert "UP" not in sh(*in_harness, "ip", "-o", "link", "show", "dev", "br0").stdout.split(">")[0]
+
+    cli.env.pop("NETLAB_TEST_FAIL"), cli.env.pop("NETLAB_TEST_FAIL_LINE")
+    cli.fail(("no", "such", "call"), line="link set br0 down")  # the batch stops there again: br0 alone
+    result = cli.run("down", sandbox_prefix)
+    assert result.returncode == 0, result.stderr
+    assert netns_snapshot(harness) == before
+    assert not cli.journal(sandbox_prefix).exists()
 
 
 # ------------------------------------------------------------ idempotence, lock, drift

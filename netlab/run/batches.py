@@ -396,7 +396,8 @@ def schedule(steps: Sequence[Step]) -> Schedule:
 @dataclass
 class Teardown:
     """How to undo a lab's steps with few processes, in this order: FIRST one by one (what
-    lives in the namespaces about to go: lab services and the like, in reverse), DELETE
+    needs the namespaces about to go: lab services and the like in them, and undos that name
+    one, in reverse), DELETE
     (the namespaces the lab created: the steps in COVERED go with them), then what is
     outside them while the kernel finishes that deletion: ALONE (in reverse; the host
     side's `ip` undos a few to a process, see undo_runs) and RULES (iptables-restore -D
@@ -420,6 +421,18 @@ def _acts_on(argv: Sequence[str]) -> Optional[str]:
         return argv[3]
     words = list(argv)
     return words[words.index("dev") + 1] if "dev" in words[:-1] and argv[:1] == ("ip",) else None
+
+
+def _tunes(argv: Sequence[str]) -> Optional[str]:
+    """The link a `tc` command (the word after `dev`) or a sysctl of a link's own
+    (net.ipv4.conf.NAME.KEY, net.ipv6.conf.NAME.KEY; a dot in NAME written `/`) acts on."""
+    if argv[:1] == ("tc",) and "dev" in argv[:-1]:
+        return argv[list(argv).index("dev") + 1]
+    if argv[:1] == ("sysctl",) and argv:
+        parts = argv[-1].split("=", 1)[0].split(".")
+        if len(parts) == 5 and parts[0] == "net" and parts[1] in ("ipv4", "ipv6") and parts[2] == "conf":
+            return parts[3].replace("/", ".")
+    return None
 
 
 def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[int]] = None) -> Teardown:
@@ -463,7 +476,8 @@ def teardown(steps: Dict[int, Step], to_undo: Sequence[int], done: Optional[Set[
         on_link = lane == IP or step.argv[0] == "ip" and step.save is not None  # an MTU: a link's, saved first
         if (step.netns in deleted and (lane != SINGLE or on_link or step.argv[0] in ("sysctl", "tc"))
                 or on_link and (index in dying or (step.netns, _acts_on(step.argv)) in doomed
-                                or any(name in deleted for name in netns_mentions(step.argv)))):
+                                or any(name in deleted for name in netns_mentions(step.argv)))
+                or (step.netns, _tunes(step.argv)) in doomed):  # a qdisc or sysctl of a link that goes
             plan.covered.append(index)
         elif step.undo is None:
             continue  # a move: undone with its veth
@@ -492,8 +506,8 @@ def undo_runs(steps: Sequence[Step], batchable: Set[int]) -> List[Batch]:
     """The undos of STEPS, in this order, in few processes: each run of consecutive steps
     of BATCHABLE (those known to be in effect) whose undos are `ip` commands of one
     namespace is one `ip -force -batch` of them (each line tried, as one by one; the
-    probes tell which failed); every other step is a SINGLE batch of its own, whose
-    undo runs as `down` runs any."""
+    probes tell which failed); every other step, and a run of one, is a SINGLE batch of
+    its own, whose undo runs as `down` runs any."""
     runs: List[Tuple[str, Optional[str], List[Unit]]] = []
     for step in steps:
         line = _undo_line(step) if step.index in batchable else None
@@ -501,7 +515,9 @@ def undo_runs(steps: Sequence[Step], batchable: Set[int]) -> List[Batch]:
             runs[-1][2].append(Unit((step,), line))
         else:
             runs.append((IP if line is not None else SINGLE, step.netns, [Unit((step,), line)]))
-    return [Batch(tool, netns, tuple(units), force=tool == IP) for tool, netns, units in runs]
+    return [Batch(tool, netns, tuple(units), force=True) if tool == IP and len(units) > 1
+            else Batch(SINGLE, netns, (Unit(units[0].steps, None),)) if tool == IP
+            else Batch(tool, netns, tuple(units)) for tool, netns, units in runs]
 
 
 @dataclass

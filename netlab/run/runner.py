@@ -559,8 +559,8 @@ def _rollback(record: journals.Journal, plan: Plan, executor: Executor, reporter
 def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None, only=None,
               states=None):
     """Undo the journal's started steps in reverse (or the steps ONLY, in that order),
-    each only if in effect (as STATES says, step index -> in effect, where it was just
-    asked; else as its probe says now).
+    each only if in effect: as STATES says (step index -> in effect, as read a moment
+    ago by netlab.run.probes), else, and where that could not tell, as its probe says now.
 
     Returns (undone, already gone, failures). With SIGNALS, a signal stops it
     between steps (the journal is kept, so `down` finishes the work).
@@ -587,7 +587,7 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
                 continue
             if result.ok:  # another netlab server listens there (one started again by hand): it goes too
                 result = executor.undo(step, None)
-        elif (states[index] if index in states else executor.in_effect(step)) is False:
+        elif (states[index] if states.get(index) is not None else executor.in_effect(step)) is False:
             gone += 1
             if step.save and index in done:
                 reporter.warn(f"step {index}: {step.probe.argv[-1]} no longer holds the lab's value "
@@ -614,7 +614,7 @@ LINK_GONE_TIMEOUT = 30  # seconds the kernel may take to finish deleting a names
 def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, signals=None):
     """Undo the journal's started steps with few processes (netlab.run.batches.teardown): what
     lives in the lab's namespaces (its services) one by one, then the namespaces deleted in
-    one `ip -batch`, which takes everything inside them along. While the kernel finishes
+    one `ip -force -batch`, which takes everything inside them along. While the kernel finishes
     that deletion, the host side: its `ip` undos a few to a process, its rules in one
     iptables-restore per namespace. Whatever a batch could not undo is undone step by step.
     Returns (undone, already gone, failures), as `_undo_all`."""
@@ -652,9 +652,9 @@ def _teardown(record: journals.Journal, executor: Executor, reporter: Reporter, 
         undone, gone, failures = undone + more[0], gone + more[1], failures + more[2]
     failures += _wait_until_gone(plan.leftovers, executor, reporter)
     if unsure:  # the steps of a host-side batch that said a line failed, asked again once the kernel is done
-        still = in_effect_many(executor, [steps[index].probe for index in unsure])
-        left = [index for index, live in zip(unsure, still) if live is not False]
-        more = _undo_all(record, executor, reporter, None, left)
+        still = dict(zip(unsure, in_effect_many(executor, [steps[index].probe for index in unsure])))
+        left = [index for index in unsure if still[index] is not False]
+        more = _undo_all(record, executor, reporter, None, left, still)
         undone, gone, failures = undone + len(unsure) - len(left) + more[0], gone + more[1], failures + more[2]
     return undone, gone, failures
 
@@ -694,7 +694,7 @@ def _undo_host_side(record: journals.Journal, steps: dict, indexes: Sequence[int
     rest = [steps[index] for index in indexes if states.get(index) is not False]
     for batch in undo_runs(rest, {index for index, live in states.items() if live}):
         _interruptible(signals, record, executor)
-        if batch.tool != SINGLE and len(batch.steps) > 1:
+        if batch.tool != SINGLE:
             for step in batch.steps:
                 reporter.step(step, len(steps), "undo")
             if executor.run(batch.tool_argv, batch.netns, batch.input).ok:
@@ -717,18 +717,21 @@ def _wait_until_gone(links, executor: Executor, reporter: Reporter) -> int:
     deadline = time.monotonic() + LINK_GONE_TIMEOUT
     delay = 0.002
     while by_netns:
+        read = time.monotonic()
         for netns, present in _link_names(executor, list(by_netns)).items():
             by_netns[netns] &= present
             if not by_netns[netns]:
                 del by_netns[netns]
         if not by_netns:
             break
+        took = time.monotonic() - read
         if time.monotonic() > deadline:
             names = ", ".join(sorted(name for names in by_netns.values() for name in names))
             reporter.warn(f"the kernel has not yet removed {names} after {LINK_GONE_TIMEOUT} s")
             return 1
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.02 if executor.reads_kernel else 0.1)  # a read here costs no process
+        # a read in this process costs no process, but it parses every link: never more often than it takes
+        delay = max(min(delay * 1.5, 0.02 if executor.reads_kernel else 0.1), took)
     return 0
 
 
