@@ -493,7 +493,21 @@ def test_a_sysctl_changed_since_up_is_left_with_a_warning(cli, sandbox_prefix, h
     sh("ip", "netns", "exec", harness, "sysctl", "-w", "net.ipv4.ip_forward=0", check=True)
     result = cli.run("down", sandbox_prefix)
     assert result.returncode == 0, result.stderr
-    assert "net.ipv4.ip_forward no longer holds the lab's value (1); left as it is" in result.stderr
+    assert "no longer holds" not in result.stderr  # it holds its value before the lab again: nothing to say
+
+
+def test_a_sysctl_set_to_a_third_value_since_up_is_left_with_a_warning(cli, sandbox_prefix, harness, tmp_path):
+    lab = tmp_path / "ttl.yaml"
+    lab.write_text("name: ttl\nnodes:\n  host:\n    sysctls:\n      net.ipv4.ip_default_ttl: 77\n")
+    in_harness = ("ip", "netns", "exec", harness)
+    before = sh(*in_harness, "sysctl", "-n", "net.ipv4.ip_default_ttl").stdout.strip()
+    cli.ok("up", lab, "--sandbox", sandbox_prefix, "--host-netns", harness)
+    sh(*in_harness, "sysctl", "-w", "net.ipv4.ip_default_ttl=99", check=True)  # someone else's, since
+    result = cli.run("down", sandbox_prefix)
+    assert result.returncode == 0, result.stderr
+    assert "net.ipv4.ip_default_ttl no longer holds the lab's value (77); left as it is" in result.stderr
+    assert sh(*in_harness, "sysctl", "-n", "net.ipv4.ip_default_ttl").stdout.strip() == "99" != before
+    sh(*in_harness, "sysctl", "-w", f"net.ipv4.ip_default_ttl={before}", check=True)
 
 
 def test_a_host_side_undo_that_fails_in_its_batch_stops_none_after_it(cli, sandbox_prefix, harness):
@@ -536,6 +550,7 @@ def test_a_host_side_batch_that_stops_leaves_its_steps_to_be_asked_again_and_und
     cli.fail(("no", "such", "call"), line="link set br0 down")  # the batch stops there again: br0 alone
     result = cli.run("down", sandbox_prefix)
     assert result.returncode == 0, result.stderr
+    assert "no longer holds" not in result.stderr  # the first down put ip_forward back: nothing to say
     assert netns_snapshot(harness) == before
     assert not cli.journal(sandbox_prefix).exists()
 

@@ -589,7 +589,7 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
                 result = executor.undo(step, None)
         elif (states[index] if states.get(index) is not None else executor.in_effect(step)) is False:
             gone += 1
-            if step.save and index in done:
+            if step.save and index in done and not _holds_saved(step, saved.get(index), executor):
                 reporter.warn(f"step {index}: {step.probe.argv[-1]} no longer holds the lab's value "
                               f"({step.probe.value}); left as it is")
             continue
@@ -606,6 +606,15 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
         said = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit code {result.code}"
         reporter.warn(f"could not undo step {index}: {' '.join(result.argv)}: {said}")
     return undone, gone, failures
+
+
+def _holds_saved(step: Step, saved: Optional[str], executor: Executor) -> bool:
+    """Whether STEP's setting (a sysctl, an MTU) holds SAVED, the value it had before the lab:
+    put back already (by a `down` that stopped before the end), so there is nothing to say."""
+    if saved is None:
+        return False
+    result = executor.save(step)
+    return result.ok and result.stdout.strip() == saved.strip()
 
 
 LINK_GONE_TIMEOUT = 30  # seconds the kernel may take to finish deleting a namespace's veths
