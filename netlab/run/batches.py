@@ -396,13 +396,13 @@ def schedule(steps: Sequence[Step]) -> Schedule:
 @dataclass
 class Teardown:
     """How to undo a lab's steps with few processes, in this order: FIRST one by one (what
-    needs the namespaces about to go: lab services and the like in them, and undos that name
-    one, in reverse), DELETE
-    (the namespaces the lab created: the steps in COVERED go with them), then what is
-    outside them while the kernel finishes that deletion: ALONE (in reverse; the host
-    side's `ip` undos a few to a process, see undo_runs) and RULES (iptables-restore -D
-    per namespace). LEFTOVERS are the links, outside those namespaces, that vanish once
-    the kernel has finished the deletion (the host ends of their veths)."""
+    needs the namespaces about to go: lab services and the like in them, and undos that
+    name one; in reverse), DELETE (the namespaces the lab created: the steps in COVERED go
+    with them), then what is outside them while the kernel finishes that deletion: ALONE
+    (in reverse; the host side's `ip` undos a few to a process, see undo_runs) and RULES
+    (iptables-restore -D per namespace). LEFTOVERS are the links, outside those
+    namespaces, that vanish once the kernel has finished the deletion (the host ends of
+    their veths)."""
 
     first: List[int] = field(default_factory=list)
     alone: List[int] = field(default_factory=list)
@@ -515,9 +515,12 @@ def undo_runs(steps: Sequence[Step], batchable: Set[int]) -> List[Batch]:
             runs[-1][2].append(Unit((step,), line))
         else:
             runs.append((IP if line is not None else SINGLE, step.netns, [Unit((step,), line)]))
-    return [Batch(tool, netns, tuple(units), force=True) if tool == IP and len(units) > 1
-            else Batch(SINGLE, netns, (Unit(units[0].steps, None),)) if tool == IP
-            else Batch(tool, netns, tuple(units)) for tool, netns, units in runs]
+    batches = []
+    for tool, netns, units in runs:
+        if tool == IP and len(units) == 1:  # a run of one is no batch: it runs as any step does
+            tool, units = SINGLE, [Unit(units[0].steps, None)]
+        batches.append(Batch(tool, netns, tuple(units), force=tool == IP))
+    return batches
 
 
 @dataclass
