@@ -511,11 +511,12 @@ def test_a_sysctl_set_to_a_third_value_since_up_is_left_with_a_warning(cli, sand
 
 
 def test_a_host_side_undo_that_fails_in_its_batch_stops_none_after_it(cli, sandbox_prefix, harness):
-    """`down` undoes the host side's `ip` steps in one `ip -force -batch` and asks again after
-    it what failed. Here the lab's address on br0 was put back by hand with another prefix
-    length: its probe still finds it, its undo cannot delete it; the lines after it still run,
-    and `link del br0` takes the address along, so `down` ends with the host as before (one by
-    one, the failed undo was asked again at once, and `down` failed on it)."""
+    """`down` undoes the host side's `ip` steps in one `ip -force -batch` and asks again, once
+    the kernel is done, what a failing batch leaves unsure. Here the lab's address on br0 was
+    put back by hand with another prefix length: its probe still finds it, its undo cannot
+    delete it, and `link del br0` takes the address along, so asked again it is gone and
+    `down` ends with the host as before (one by one, the failed undo was asked again at once,
+    and `down` failed on it; that the lines after it run is `-force`, in test_batches)."""
     before = netns_snapshot(harness)
     cli.ok("up", "egress-ingress", "--sandbox", sandbox_prefix, "--host-netns", harness)
     sh("ip", "netns", "exec", harness, "ip", "addr", "del", "192.168.0.1/16", "dev", "br0", check=True)

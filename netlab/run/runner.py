@@ -573,9 +573,7 @@ def _undo_all(record: journals.Journal, executor: Executor, reporter: Reporter, 
     servers = record.servers
     undone = gone = failures = 0
     for index in record.to_undo() if only is None else only:
-        if signals is not None:
-            signals.check(f"{record.name}: down interrupted; the journal is kept: run "
-                          f"`{_down_command(record.name, executor)}` to finish")
+        _interruptible(signals, record, executor)
         step = steps[index]
         if step.undo is None:
             continue
